@@ -1,0 +1,1 @@
+"""Everything that crosses a process boundary: generated stubs, tensor codec, chunked streams."""
