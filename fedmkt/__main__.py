@@ -1,0 +1,3 @@
+from fedmkt.cli import main
+
+main()
