@@ -53,7 +53,7 @@ def _mount_optional() -> None:
     for module, name in [
         ("fedmkt.align.cli", "align"),
         ("fedmkt.models.cli", "models"),
-        ("fedmkt.serve", "serve"),
+        ("services.cli", "serve"),
     ]:
         try:
             sub = importlib.import_module(module)

@@ -1,0 +1,241 @@
+"""The aligner's operations as plain functions over registered tokenizers.
+
+``AlignmentEngine`` is what the gRPC servicer, the HTTP API and the CLI all call: register a
+tokenizer, get a vocabulary map (cached on disk by fingerprint pair), align a text, and project a
+stream of knowledge from the source tokenization onto the target one. It knows nothing of the
+network; inputs that cross a process boundary are validated here or in ``fedmkt.wire``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedmkt.align.aligner import TokenAligner
+from fedmkt.align.cache import VocabMapCache
+from fedmkt.align.canonical import CanonicalMode
+from fedmkt.align.registry import TokenizerInfo, TokenizerRegistry, check_fingerprint
+from fedmkt.align.vocab_map import VocabMapResult, vocab_map_for
+from fedmkt.errors import FailedPrecondition, InvalidArgument
+from fedmkt.wire.chunking import KnowledgeSample, SampleAssembler, chunk_knowledge
+from fedmkt.wire.validate import decode_sample, validate_header
+
+METHODS = ("dtw", "offsets")
+MAX_TEXT_CHARS = 200_000
+MAX_TOP_K = 1024
+MAX_POSITIONS = 32_768
+
+
+@dataclass(frozen=True)
+class TokenizerRefArg:
+    """A tokenizer named by fingerprint or builtin name (exactly one)."""
+
+    fingerprint: str = ""
+    builtin: str = ""
+
+
+@dataclass(frozen=True)
+class KnowledgeConfig:
+    source_fingerprint: str
+    target_fingerprint: str
+    mode: CanonicalMode = CanonicalMode.SURFACE
+    method: str = "dtw"
+    top_k: int = 0  # 0 = the input's k
+    logit_dtype: str = "float16"
+
+
+@dataclass(frozen=True)
+class TargetTokens:
+    """The target tokenization of one sample: ids (preferred) or the text to tokenize."""
+
+    token_ids: np.ndarray | None = None
+    text: str = ""
+
+
+def parse_mode(value: str | CanonicalMode | None) -> CanonicalMode:
+    if value in (None, "", "unspecified"):
+        return CanonicalMode.SURFACE
+    try:
+        return CanonicalMode(value)
+    except ValueError:
+        raise InvalidArgument(
+            f"canonical mode must be one of {[m.value for m in CanonicalMode]}, got {value!r}"
+        ) from None
+
+
+def parse_method(value: str | None) -> str:
+    if value in (None, "", "unspecified"):
+        return "dtw"
+    if value not in METHODS:
+        raise InvalidArgument(f"alignment method must be one of {METHODS}, got {value!r}")
+    return value
+
+
+class AlignmentEngine:
+    """Registered tokenizers + vocab-map cache + the aligners built from them."""
+
+    def __init__(self, cache_root: Path, max_aligners: int = 16) -> None:
+        self.cache_root = Path(cache_root)
+        self.registry = TokenizerRegistry(self.cache_root / "tokenizers")
+        self.maps = VocabMapCache(self.cache_root / "vocab_maps")
+        self._aligners: OrderedDict[tuple, TokenAligner] = OrderedDict()
+        self._max_aligners = max_aligners
+        self._lock = threading.Lock()
+        self._build_locks: dict[tuple, threading.Lock] = {}
+
+    # -- tokenizers ---------------------------------------------------------------------
+    def register(self, files: dict[str, bytes] | None = None, name: str = "",
+                 builtin: str = "") -> TokenizerInfo:
+        if builtin and files:
+            raise InvalidArgument("give either tokenizer files or a builtin name, not both")
+        if builtin:
+            return self.registry.register_builtin(builtin)
+        return self.registry.register_files(files or {}, name)
+
+    def tokenizer_info(self, ref: TokenizerRefArg) -> TokenizerInfo:
+        return self.registry.resolve(ref.fingerprint, ref.builtin).info
+
+    def list_tokenizers(self) -> list[TokenizerInfo]:
+        return self.registry.list()
+
+    # -- vocab maps ---------------------------------------------------------------------
+    def vocab_map(self, source: TokenizerRefArg, target: TokenizerRefArg,
+                  mode: CanonicalMode = CanonicalMode.SURFACE) -> VocabMapResult:
+        src = self.registry.resolve(source.fingerprint, source.builtin)
+        tgt = self.registry.resolve(target.fingerprint, target.builtin)
+        key = (src.info.fingerprint, tgt.info.fingerprint, mode)
+        # One build per pair at a time; concurrent callers wait and then read the cache.
+        with self._lock:
+            build_lock = self._build_locks.setdefault(key, threading.Lock())
+        with build_lock:
+            return vocab_map_for(src.tokenizer, tgt.tokenizer, mode, cache=self.maps)
+
+    def aligner(self, source: TokenizerRefArg, target: TokenizerRefArg,
+                mode: CanonicalMode = CanonicalMode.SURFACE, method: str = "dtw") -> TokenAligner:
+        src = self.registry.resolve(source.fingerprint, source.builtin)
+        tgt = self.registry.resolve(target.fingerprint, target.builtin)
+        key = (src.info.fingerprint, tgt.info.fingerprint, mode, method)
+        with self._lock:
+            found = self._aligners.get(key)
+            if found is not None:
+                self._aligners.move_to_end(key)
+                return found
+        vocab = self.vocab_map(source, target, mode).source_to_target
+        built = TokenAligner(src.tokenizer, tgt.tokenizer, mode=mode, method=method,
+                             vocab_map=vocab)
+        with self._lock:
+            self._aligners[key] = built
+            while len(self._aligners) > self._max_aligners:
+                self._aligners.popitem(last=False)
+        return built
+
+    # -- text ---------------------------------------------------------------------------
+    def align_text(self, source: TokenizerRefArg, target: TokenizerRefArg, text: str,
+                   mode: CanonicalMode = CanonicalMode.SURFACE, method: str = "dtw"):
+        if not isinstance(text, str):
+            raise InvalidArgument("text must be a string")
+        if len(text) > MAX_TEXT_CHARS:
+            raise InvalidArgument(f"text has {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
+        return self.aligner(source, target, mode, method).align_text(text)
+
+    # -- knowledge ----------------------------------------------------------------------
+    def align_knowledge(
+        self,
+        config: KnowledgeConfig,
+        batches: Iterable[tuple[object, dict[str, TargetTokens]]],
+    ) -> Iterator[object]:
+        """Project a stream of knowledge chunks onto the target tokenization.
+
+        ``batches`` yields ``(KnowledgeChunk, {sample_id: TargetTokens})``; each input chunk is
+        validated against the config (source fingerprint, k) and its own header; whole samples
+        are projected and re-chunked with the target fingerprint. Yields output chunks in order.
+        """
+        check_fingerprint(config.source_fingerprint)
+        check_fingerprint(config.target_fingerprint)
+        if config.top_k < 0 or config.top_k > MAX_TOP_K:
+            raise InvalidArgument(f"top_k must be in 0..{MAX_TOP_K}, got {config.top_k}")
+        src_ref = TokenizerRefArg(fingerprint=config.source_fingerprint)
+        tgt_ref = TokenizerRefArg(fingerprint=config.target_fingerprint)
+        aligner = self.aligner(src_ref, tgt_ref, config.mode, config.method)
+        source_vocab = self.registry.get(config.source_fingerprint).info.vocab_size
+        target_tok = self.registry.get(config.target_fingerprint).tokenizer
+        source_tok = self.registry.get(config.source_fingerprint).tokenizer
+        target_vocab = len(target_tok)
+        assembler = SampleAssembler()
+        header0 = None
+        for chunk, targets in batches:
+            header = chunk.header
+            if header0 is None:
+                if header.tokenizer_fingerprint != config.source_fingerprint:
+                    raise FailedPrecondition(
+                        "knowledge chunk is in tokenizer "
+                        f"{header.tokenizer_fingerprint[:12]}… but the stream was configured for "
+                        f"source {config.source_fingerprint[:12]}…"
+                    )
+                if header.top_k <= 0 or header.top_k > MAX_TOP_K:
+                    raise InvalidArgument(f"header top_k must be in 1..{MAX_TOP_K}")
+                header0 = header
+            validate_header(header, run_id=header0.run_id, round=header0.round,
+                            source=header0.source, fingerprint=config.source_fingerprint,
+                            top_k=header0.top_k)
+            done: list[KnowledgeSample] = []
+            for sample_pb in chunk.samples:
+                part = decode_sample(sample_pb, vocab_size=source_vocab, top_k=header0.top_k,
+                                     max_positions=MAX_POSITIONS)
+                whole = assembler.add(part)
+                if whole is not None:
+                    done.append(whole)
+            if not done:
+                continue
+            k_out = config.top_k or header0.top_k
+            projected = [
+                self._project_one(aligner, sample, targets.get(sample.sample_id), source_tok,
+                                  target_tok, target_vocab, k_out)
+                for sample in done
+            ]
+            yield from chunk_knowledge(
+                projected,
+                run_id=header0.run_id, round=header0.round, source=header0.source,
+                tokenizer_fingerprint=config.target_fingerprint, top_k=k_out,
+                logit_dtype=config.logit_dtype,
+            )
+        assembler.finish()
+
+    @staticmethod
+    def _project_one(aligner: TokenAligner, sample: KnowledgeSample, target: TargetTokens | None,
+                     source_tok, target_tok, target_vocab: int, k_out: int) -> KnowledgeSample:
+        target_ids = _target_ids(sample, target, source_tok, target_tok, target_vocab)
+        proj = aligner.project(sample.token_ids, target_ids, sample.topk_ids, sample.topk_logits,
+                               sample.position_start, k_out)
+        return KnowledgeSample(
+            sample_id=sample.sample_id,
+            token_ids=np.asarray(target_ids, dtype=np.int32),
+            topk_ids=proj.topk_ids,
+            topk_logits=proj.topk_logits,
+            position_start=0,
+            loss=sample.loss,
+            stats=(proj.positions, proj.aligned, proj.fallback),
+        )
+
+
+def _target_ids(sample: KnowledgeSample, target: TargetTokens | None, source_tok, target_tok,
+                target_vocab: int) -> np.ndarray:
+    if target is not None and target.token_ids is not None and len(target.token_ids):
+        ids = np.asarray(target.token_ids)
+        if ids.ndim != 1 or ids.min() < 0 or ids.max() >= target_vocab:
+            raise InvalidArgument(
+                f"sample {sample.sample_id}: target token ids must be a 1-D list of ids in "
+                f"[0, {target_vocab})"
+            )
+        return ids.astype(np.int32)
+    text = target.text if target is not None and target.text else None
+    if text is None:
+        text = source_tok.decode(sample.token_ids.tolist(), skip_special_tokens=True)
+    if len(text) > MAX_TEXT_CHARS:
+        raise InvalidArgument(f"sample {sample.sample_id}: text longer than {MAX_TEXT_CHARS}")
+    return np.asarray(target_tok(text, add_special_tokens=False).input_ids, dtype=np.int32)

@@ -1,0 +1,248 @@
+"""HTTP/JSON API of the aligner (FastAPI on uvicorn): the gRPC operations for tools that speak
+plain JSON, plus ``/healthz`` and ``/metrics``. OpenAPI docs at ``/docs``.
+
+Errors come back as ``{"error": {"code": ..., "message": ...}}`` with a 4xx status that says
+what to fix; request bodies over the size limit get 413 before they are read.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Literal
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from pydantic import BaseModel, Field, model_validator
+
+from fedmkt.align.engine import (
+    AlignmentEngine,
+    KnowledgeConfig,
+    TargetTokens,
+    TokenizerRefArg,
+    parse_method,
+    parse_mode,
+)
+from fedmkt.align.registry import TokenizerInfo
+from fedmkt.errors import HTTP_STATUS, InvalidArgument, status_of
+from fedmkt.wire.chunking import KnowledgeSample, chunk_knowledge
+
+HTTP_REQUESTS = Counter("fedmkt_http_requests_total", "HTTP requests", ["path", "status"])
+DEFAULT_MAX_BODY = 160 << 20
+
+
+class Ref(BaseModel):
+    fingerprint: str = ""
+    builtin: str = ""
+
+    @model_validator(mode="after")
+    def exactly_one(self) -> Ref:
+        if bool(self.fingerprint) == bool(self.builtin):
+            raise ValueError("give exactly one of 'fingerprint' or 'builtin'")
+        return self
+
+    def arg(self) -> TokenizerRefArg:
+        return TokenizerRefArg(fingerprint=self.fingerprint, builtin=self.builtin)
+
+
+class RegisterBody(BaseModel):
+    name: str = ""
+    builtin: str = ""
+    files: dict[str, str] = Field(default_factory=dict, description="file name -> base64 content")
+
+
+class VocabMapBody(BaseModel):
+    source: Ref
+    target: Ref
+    canonical: Literal["surface", "fate"] = "surface"
+
+
+class AlignTextBody(BaseModel):
+    source: Ref
+    target: Ref
+    text: str = Field(max_length=200_000)
+    canonical: Literal["surface", "fate"] = "surface"
+    method: Literal["dtw", "offsets"] = "dtw"
+
+
+class SampleIn(BaseModel):
+    sample_id: str = Field(min_length=1, max_length=256)
+    token_ids: list[int]
+    topk_ids: list[list[int]]
+    topk_logits: list[list[float]]
+    position_start: int = 0
+    loss: float | None = None
+    target_token_ids: list[int] | None = None
+    target_text: str | None = None
+
+
+class AlignKnowledgeBody(BaseModel):
+    source_fingerprint: str
+    target_fingerprint: str
+    canonical: Literal["surface", "fate"] = "surface"
+    method: Literal["dtw", "offsets"] = "dtw"
+    top_k: int = Field(default=0, ge=0, le=1024)
+    run_id: str = ""
+    round: int = 0
+    source: str = ""
+    samples: list[SampleIn] = Field(max_length=4096)
+
+
+def info_json(info: TokenizerInfo) -> dict:
+    return {
+        "fingerprint": info.fingerprint, "vocab_size": info.vocab_size, "name": info.name,
+        "special_token_ids": list(info.special_token_ids),
+        "word_boundary_marker": info.word_boundary_marker,
+    }
+
+
+def _error(code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}},
+                        status_code=HTTP_STATUS.get(code, 500))
+
+
+def create_app(engine: AlignmentEngine, max_body_bytes: int = DEFAULT_MAX_BODY) -> FastAPI:
+    app = FastAPI(title="fedmkt aligner", version="1",
+                  description="MinED vocabulary maps, sequence alignment and top-k projection "
+                              "between Hugging Face tokenizers.")
+
+    @app.middleware("http")
+    async def limit_and_count(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
+            response = _error("RESOURCE_EXHAUSTED",
+                              f"request body is {length} bytes; the limit is {max_body_bytes}")
+        else:
+            response = await call_next(request)
+        HTTP_REQUESTS.labels(request.url.path, str(response.status_code)).inc()
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, exc: RequestValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        return _error("INVALID_ARGUMENT", problems)
+
+    @app.exception_handler(Exception)
+    async def on_error(request: Request, exc: Exception):
+        code = status_of(exc)
+        if code is None:
+            import logging
+
+            logging.getLogger("fedmkt.aligner.http").exception("request failed")
+            return _error("INTERNAL", f"internal error: {exc}")
+        return _error(code, str(exc))
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "SERVING"}
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/tokenizers")
+    def register(body: RegisterBody) -> dict:
+        files = {}
+        for name, content in body.files.items():
+            try:
+                files[name] = base64.b64decode(content, validate=True)
+            except (binascii.Error, ValueError):
+                raise InvalidArgument(f"files.{name}: not valid base64") from None
+        return info_json(engine.register(files=files, name=body.name, builtin=body.builtin))
+
+    @app.get("/v1/tokenizers")
+    def list_tokenizers() -> dict:
+        return {"tokenizers": [info_json(i) for i in engine.list_tokenizers()]}
+
+    @app.get("/v1/tokenizers/{fingerprint}")
+    def get_tokenizer(fingerprint: str) -> dict:
+        return info_json(engine.tokenizer_info(TokenizerRefArg(fingerprint=fingerprint)))
+
+    @app.post("/v1/vocab-map")
+    def vocab_map(body: VocabMapBody) -> dict:
+        result = engine.vocab_map(body.source.arg(), body.target.arg(), parse_mode(body.canonical))
+        return {
+            "source_fingerprint": result.source_fingerprint,
+            "target_fingerprint": result.target_fingerprint,
+            "canonical": body.canonical,
+            "source_to_target": result.source_to_target.tolist(),
+            "from_cache": result.from_cache,
+            "build_seconds": result.build_seconds,
+            "exact_matches": result.exact_matches,
+        }
+
+    @app.post("/v1/align-text")
+    def align_text(body: AlignTextBody) -> dict:
+        result = engine.align_text(body.source.arg(), body.target.arg(), body.text,
+                                   parse_mode(body.canonical), parse_method(body.method))
+        return {
+            "source_ids": list(result.source_ids), "target_ids": list(result.target_ids),
+            "source_tokens": list(result.source_tokens),
+            "target_tokens": list(result.target_tokens),
+            "pairs": [[int(i), int(j)] for i, j in result.path],
+        }
+
+    @app.post("/v1/align-knowledge")
+    def align_knowledge(body: AlignKnowledgeBody) -> dict:
+        k = len(body.samples[0].topk_ids[0]) if body.samples and body.samples[0].topk_ids else 0
+        chunk_samples, targets = [], {}
+        for s in body.samples:
+            chunk_samples.append(KnowledgeSample(
+                sample_id=s.sample_id,
+                token_ids=_int32(s.token_ids, f"{s.sample_id}.token_ids"),
+                topk_ids=_int32(s.topk_ids, f"{s.sample_id}.topk_ids"),
+                topk_logits=np.asarray(s.topk_logits, dtype=np.float32),
+                position_start=s.position_start,
+                loss=float("nan") if s.loss is None else s.loss,
+            ))
+            targets[s.sample_id] = TargetTokens(
+                token_ids=None if s.target_token_ids is None
+                else _int32(s.target_token_ids, f"{s.sample_id}.target_token_ids"),
+                text=s.target_text or "",
+            )
+        config = KnowledgeConfig(
+            source_fingerprint=body.source_fingerprint,
+            target_fingerprint=body.target_fingerprint,
+            mode=parse_mode(body.canonical), method=parse_method(body.method), top_k=body.top_k,
+            logit_dtype="float32",
+        )
+        chunks = chunk_knowledge(chunk_samples, run_id=body.run_id, round=body.round,
+                                 source=body.source,
+                                 tokenizer_fingerprint=body.source_fingerprint, top_k=k,
+                                 logit_dtype="float32")
+        out = []
+        from fedmkt.wire.validate import decode_sample
+
+        for chunk in engine.align_knowledge(config, ((c, targets) for c in chunks)):
+            vocab = engine.tokenizer_info(TokenizerRefArg(fingerprint=body.target_fingerprint))
+            for sample_pb in chunk.samples:
+                s = decode_sample(sample_pb, vocab_size=vocab.vocab_size,
+                                  top_k=chunk.header.top_k)
+                out.append({
+                    "sample_id": s.sample_id,
+                    "token_ids": s.token_ids.tolist(),
+                    "position_start": s.position_start,
+                    "topk_ids": s.topk_ids.tolist(),
+                    "topk_logits": s.topk_logits.tolist(),
+                    "stats": {"positions": sample_pb.stats.positions,
+                              "aligned": sample_pb.stats.aligned,
+                              "fallback": sample_pb.stats.fallback},
+                })
+        return {"target_fingerprint": body.target_fingerprint, "samples": out}
+
+    return app
+
+
+def _int32(values, what: str) -> np.ndarray:
+    try:
+        arr = np.asarray(values, dtype=np.int64)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(f"{what}: must be a rectangular list of integers") from None
+    if arr.size and (arr.min() < -(2**31) or arr.max() >= 2**31):
+        raise InvalidArgument(f"{what}: ids must fit in int32")
+    return arr.astype(np.int32)

@@ -1,0 +1,86 @@
+"""``fedmkt serve aligner``: the gRPC AlignerService and the HTTP/JSON API in one process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from fedmkt.align.engine import AlignmentEngine
+from fedmkt.wire.v1 import aligner_pb2, aligner_pb2_grpc
+from services.aligner.grpc_service import AlignerServicer
+from services.common import add_health_and_reflection, bind, build_server, configure_logging
+from services.settings import AlignerSettings
+
+log = logging.getLogger("fedmkt.aligner")
+
+
+class AlignerProcess:
+    """Owns the engine, the gRPC server and (optionally) the HTTP server."""
+
+    def __init__(self, settings: AlignerSettings) -> None:
+        self.settings = settings
+        self.engine = AlignmentEngine(settings.resolved_state_dir())
+        limit = settings.max_message_mb << 20
+        self.grpc = build_server(max_workers=settings.workers, max_receive_bytes=limit,
+                                 max_send_bytes=limit)
+        aligner_pb2_grpc.add_AlignerServiceServicer_to_server(
+            AlignerServicer(self.engine), self.grpc)
+        self.health = add_health_and_reflection(
+            self.grpc, [aligner_pb2.DESCRIPTOR.services_by_name["AlignerService"].full_name])
+        self.grpc_port = bind(self.grpc, settings.host, settings.grpc_port)
+        self.http_server = None
+        self.http_port = None
+        self._http_thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.grpc.start()
+        log.info("aligner gRPC on %s:%d (state in %s)", self.settings.host, self.grpc_port,
+                 self.settings.resolved_state_dir())
+        if self.settings.http_port >= 0:
+            self._start_http()
+
+    def _start_http(self) -> None:
+        import socket
+
+        import uvicorn
+
+        from services.aligner.http_api import create_app
+
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.settings.host, self.settings.http_port))
+        self.http_port = sock.getsockname()[1]
+        config = uvicorn.Config(create_app(self.engine), log_level="warning", lifespan="off")
+        self.http_server = uvicorn.Server(config)
+        self.http_server.install_signal_handlers = lambda: None  # the main thread owns signals
+        self._http_thread = threading.Thread(
+            target=self.http_server.run, kwargs={"sockets": [sock]}, name="http", daemon=True)
+        self._http_thread.start()
+        log.info("aligner HTTP on http://%s:%d (docs at /docs)", self.settings.host,
+                 self.http_port)
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.health.enter_graceful_shutdown()
+        if self.http_server is not None:
+            self.http_server.should_exit = True
+            if self._http_thread is not None:
+                self._http_thread.join(timeout=grace + 3)
+        self.grpc.stop(grace).wait()
+
+
+def serve(settings: AlignerSettings) -> None:
+    configure_logging(settings.log_level, settings.log_json)
+    process = AlignerProcess(settings)
+    process.start()
+    print(f"READY aligner grpc={process.grpc_port} http={process.http_port}", flush=True)
+    wait_for_signal()
+    process.stop()
+
+
+def wait_for_signal() -> None:
+    import signal
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()

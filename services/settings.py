@@ -1,0 +1,66 @@
+"""Service settings: defaults < config file (YAML) < environment (FEDMKT_<SERVICE>_*) < flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fedmkt.paths import cache_home
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+class ServiceSettings(BaseSettings):
+    """What every service has: where it listens, where it keeps state, how it logs."""
+
+    model_config = SettingsConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    grpc_port: int = 0  # 0 = a free port, printed at start
+    state_dir: Path | None = None
+    workers: int = 8
+    log_level: str = "INFO"
+    log_json: bool = False
+
+
+class AlignerSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="FEDMKT_ALIGNER_", extra="forbid")
+
+    grpc_port: int = 50051
+    http_port: int = 8080  # 0 = a free port; -1 = no HTTP API
+    max_message_mb: int = 128  # tokenizer registration carries whole tokenizer files
+
+    def resolved_state_dir(self) -> Path:
+        path = self.state_dir or cache_home() / "aligner"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def load_settings(cls: type[S], config_file: Path | None = None, **flags) -> S:
+    """Settings of ``cls`` from a YAML file, the environment and command-line flags."""
+    file_values: dict = {}
+    if config_file is not None:
+        try:
+            file_values = yaml.safe_load(Path(config_file).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise SettingsError(f"cannot read config file {config_file}: {exc}") from exc
+        if not isinstance(file_values, dict):
+            raise SettingsError(f"config file {config_file} must hold a mapping")
+    try:
+        from_env = cls()
+        env_values = {k: getattr(from_env, k) for k in from_env.model_fields_set}
+        given = {k: v for k, v in flags.items() if v is not None}
+        return cls(**{**file_values, **env_values, **given})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise SettingsError(f"invalid {cls.__name__}: {problems}") from exc
