@@ -85,9 +85,9 @@ class AlignKnowledgeBody(BaseModel):
     canonical: Literal["surface", "fate"] = "surface"
     method: Literal["dtw", "offsets"] = "dtw"
     top_k: int = Field(default=0, ge=0, le=1024)
-    run_id: str = ""
-    round: int = 0
-    source: str = ""
+    run_id: str = Field(default="adhoc", min_length=1, max_length=256)
+    round: int = Field(default=0, ge=0)
+    source: str = Field(default="http", min_length=1, max_length=256)
     samples: list[SampleIn] = Field(max_length=4096)
 
 
@@ -211,10 +211,12 @@ def create_app(engine: AlignmentEngine, max_body_bytes: int = DEFAULT_MAX_BODY) 
             mode=parse_mode(body.canonical), method=parse_method(body.method), top_k=body.top_k,
             logit_dtype="float32",
         )
-        chunks = chunk_knowledge(chunk_samples, run_id=body.run_id, round=body.round,
-                                 source=body.source,
-                                 tokenizer_fingerprint=body.source_fingerprint, top_k=k,
-                                 logit_dtype="float32")
+        header = {"run_id": body.run_id, "round": body.round, "source": body.source,
+                  "tokenizer_fingerprint": body.source_fingerprint, "top_k": k}
+        try:
+            chunks = list(chunk_knowledge(chunk_samples, header, logit_dtype="float32"))
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
         out = []
         from fedmkt.wire.validate import decode_sample
 
