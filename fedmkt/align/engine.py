@@ -23,12 +23,15 @@ from fedmkt.align.registry import TokenizerInfo, TokenizerRegistry, check_finger
 from fedmkt.align.vocab_map import VocabMapResult, vocab_map_for
 from fedmkt.errors import FailedPrecondition, InvalidArgument
 from fedmkt.wire.chunking import KnowledgeSample, SampleAssembler, chunk_knowledge
-from fedmkt.wire.validate import decode_sample, validate_header
+from fedmkt.wire.validate import SampleStats, decode_chunk
 
 METHODS = ("dtw", "offsets")
 MAX_TEXT_CHARS = 200_000
 MAX_TOP_K = 1024
 MAX_POSITIONS = 32_768
+# DTW keeps an n x m matrix of 8-byte cells: 4096 x 4096 tokens is ~134 MB. Longer pairs must use
+# the offsets method (linear).
+MAX_DTW_CELLS = 4096 * 4096
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,13 @@ class AlignmentEngine:
             raise InvalidArgument("text must be a string")
         if len(text) > MAX_TEXT_CHARS:
             raise InvalidArgument(f"text has {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
-        return self.aligner(source, target, mode, method).align_text(text)
+        aligner = self.aligner(source, target, mode, method)
+        if method == "dtw" and len(text) ** 2 > MAX_DTW_CELLS:
+            # characters bound tokens from above; only long texts pay for the exact count
+            n = len(aligner.source.tokenizer(text, add_special_tokens=False).input_ids)
+            m = len(aligner.target.tokenizer(text, add_special_tokens=False).input_ids)
+            _check_dtw_size(aligner, n, m, "text")
+        return aligner.align_text(text)
 
     # -- knowledge ----------------------------------------------------------------------
     def align_knowledge(
@@ -169,6 +178,8 @@ class AlignmentEngine:
         assembler = SampleAssembler()
         header0 = None
         for chunk, targets in batches:
+            if not chunk.HasField("header"):
+                raise InvalidArgument("knowledge chunk has no header")
             header = chunk.header
             if header0 is None:
                 if header.tokenizer_fingerprint != config.source_fingerprint:
@@ -180,13 +191,12 @@ class AlignmentEngine:
                 if header.top_k <= 0 or header.top_k > MAX_TOP_K:
                     raise InvalidArgument(f"header top_k must be in 1..{MAX_TOP_K}")
                 header0 = header
-            validate_header(header, run_id=header0.run_id, round=header0.round,
-                            source=header0.source, fingerprint=config.source_fingerprint,
-                            top_k=header0.top_k)
+            parts = decode_chunk(chunk, vocab_size=source_vocab, run_id=header0.run_id,
+                                 round=header0.round, source=header0.source,
+                                 fingerprint=config.source_fingerprint, top_k=header0.top_k,
+                                 max_positions=MAX_POSITIONS)
             done: list[KnowledgeSample] = []
-            for sample_pb in chunk.samples:
-                part = decode_sample(sample_pb, vocab_size=source_vocab, top_k=header0.top_k,
-                                     max_positions=MAX_POSITIONS)
+            for part in parts:
                 whole = assembler.add(part)
                 if whole is not None:
                     done.append(whole)
@@ -198,18 +208,21 @@ class AlignmentEngine:
                                   target_tok, target_vocab, k_out)
                 for sample in done
             ]
-            yield from chunk_knowledge(
-                projected,
-                run_id=header0.run_id, round=header0.round, source=header0.source,
-                tokenizer_fingerprint=config.target_fingerprint, top_k=k_out,
-                logit_dtype=config.logit_dtype,
-            )
+            out_header = {"run_id": header0.run_id, "round": header0.round,
+                          "source": header0.source,
+                          "tokenizer_fingerprint": config.target_fingerprint, "top_k": k_out}
+            yield from chunk_knowledge(projected, out_header, logit_dtype=config.logit_dtype)
         assembler.finish()
 
     @staticmethod
     def _project_one(aligner: TokenAligner, sample: KnowledgeSample, target: TargetTokens | None,
                      source_tok, target_tok, target_vocab: int, k_out: int) -> KnowledgeSample:
+        if sample.token_ids is None:
+            raise InvalidArgument(
+                f"sample {sample.sample_id}: token_ids are required to align knowledge"
+            )
         target_ids = _target_ids(sample, target, source_tok, target_tok, target_vocab)
+        _check_dtw_size(aligner, len(sample.token_ids), len(target_ids), sample.sample_id)
         proj = aligner.project(sample.token_ids, target_ids, sample.topk_ids, sample.topk_logits,
                                sample.position_start, k_out)
         return KnowledgeSample(
@@ -219,7 +232,16 @@ class AlignmentEngine:
             topk_logits=proj.topk_logits,
             position_start=0,
             loss=sample.loss,
-            stats=(proj.positions, proj.aligned, proj.fallback),
+            stats=SampleStats(positions=proj.positions, aligned=proj.aligned,
+                              fallback=proj.fallback),
+        )
+
+
+def _check_dtw_size(aligner: TokenAligner, n: int, m: int, what: str) -> None:
+    if aligner.method == "dtw" and n * m > MAX_DTW_CELLS:
+        raise InvalidArgument(
+            f"{what}: {n} x {m} tokens is too long for DTW (limit {MAX_DTW_CELLS:,} cells); "
+            "use the offsets alignment method for long texts"
         )
 
 

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from fedmkt.align.aligner import printable_token
 from fedmkt.align.engine import (
     AlignmentEngine,
     KnowledgeConfig,
@@ -109,7 +110,8 @@ class AlignerServicer(aligner_pb2_grpc.AlignerServiceServicer):
                                         request.text, mode, method)
         return aligner_pb2.AlignTextResponse(
             source_ids=list(result.source_ids), target_ids=list(result.target_ids),
-            source_tokens=list(result.source_tokens), target_tokens=list(result.target_tokens),
+            source_tokens=[printable_token(t) for t in result.source_tokens],
+            target_tokens=[printable_token(t) for t in result.target_tokens],
             pairs=[aligner_pb2.AlignedPair(source_index=i, target_index=j)
                    for i, j in result.path],
         )

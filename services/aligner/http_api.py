@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pydantic import BaseModel, Field, model_validator
 
+from fedmkt.align.aligner import printable_token
 from fedmkt.align.engine import (
     AlignmentEngine,
     KnowledgeConfig,
@@ -182,8 +183,8 @@ def create_app(engine: AlignmentEngine, max_body_bytes: int = DEFAULT_MAX_BODY) 
                                    parse_mode(body.canonical), parse_method(body.method))
         return {
             "source_ids": list(result.source_ids), "target_ids": list(result.target_ids),
-            "source_tokens": list(result.source_tokens),
-            "target_tokens": list(result.target_tokens),
+            "source_tokens": [printable_token(t) for t in result.source_tokens],
+            "target_tokens": [printable_token(t) for t in result.target_tokens],
             "pairs": [[int(i), int(j)] for i, j in result.path],
         }
 
