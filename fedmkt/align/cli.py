@@ -18,8 +18,10 @@ import typer
 app = typer.Typer(help="Token alignment between two tokenizers (MinED vocab map, DTW).",
                   no_args_is_help=True)
 
-SOURCE = typer.Option(..., "--source", "-s", help="source tokenizer: builtin name, folder or hub id")
-TARGET = typer.Option(..., "--target", "-t", help="target tokenizer: builtin name, folder or hub id")
+SOURCE = typer.Option(..., "--source", "-s",
+                      help="source tokenizer: builtin name, folder or hub id")
+TARGET = typer.Option(..., "--target", "-t",
+                      help="target tokenizer: builtin name, folder or hub id")
 CANONICAL = typer.Option("surface", "--canonical",
                          help="token strings compared: 'surface' (decoded text) or 'fate' "
                               "(reference parity: raw strings, word-boundary marker swapped)")

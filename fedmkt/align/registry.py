@@ -173,7 +173,8 @@ class TokenizerRegistry:
         for fname, content in files.items():
             if fname not in ALLOWED_FILES:
                 raise InvalidArgument(
-                    f"file {fname!r} is not a tokenizer file; allowed: {', '.join(sorted(ALLOWED_FILES))}"
+                    f"file {fname!r} is not a tokenizer file; allowed: "
+                    f"{', '.join(sorted(ALLOWED_FILES))}"
                 )
             if len(content) > MAX_FILE_BYTES:
                 raise ResourceExhausted(

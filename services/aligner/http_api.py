@@ -28,7 +28,8 @@ from fedmkt.align.engine import (
     parse_mode,
 )
 from fedmkt.align.registry import TokenizerInfo
-from fedmkt.errors import HTTP_STATUS, InvalidArgument, status_of
+from fedmkt.errors import HTTP_STATUS, FedmktError, InvalidArgument, status_of
+from fedmkt.wire.errors import WireError
 from fedmkt.wire.chunking import KnowledgeSample, chunk_knowledge
 
 HTTP_REQUESTS = Counter("fedmkt_http_requests_total", "HTTP requests", ["path", "status"])
@@ -128,15 +129,12 @@ def create_app(engine: AlignmentEngine, max_body_bytes: int = DEFAULT_MAX_BODY) 
         )
         return _error("INVALID_ARGUMENT", problems)
 
-    @app.exception_handler(Exception)
     async def on_error(request: Request, exc: Exception):
-        code = status_of(exc)
-        if code is None:
-            import logging
+        return _error(status_of(exc) or "INTERNAL", str(exc))
 
-            logging.getLogger("fedmkt.aligner.http").exception("request failed")
-            return _error("INTERNAL", f"internal error: {exc}")
-        return _error(code, str(exc))
+    # Library errors carry their status; anything else is a 500 (logged by uvicorn).
+    app.add_exception_handler(FedmktError, on_error)
+    app.add_exception_handler(WireError, on_error)
 
     @app.get("/healthz")
     def healthz() -> dict:

@@ -50,7 +50,10 @@ class AlignerProcess:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.settings.host, self.settings.http_port))
         self.http_port = sock.getsockname()[1]
-        config = uvicorn.Config(create_app(self.engine), log_level="warning", lifespan="off")
+        # JSON carries files as base64 (4/3 the bytes): the same limit as gRPC plus that inflation.
+        max_body = (self.settings.max_message_mb << 20) * 4 // 3
+        config = uvicorn.Config(create_app(self.engine, max_body_bytes=max_body),
+                                log_level="warning", lifespan="off")
         self.http_server = uvicorn.Server(config)
         self.http_server.install_signal_handlers = lambda: None  # the main thread owns signals
         self._http_thread = threading.Thread(
