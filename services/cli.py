@@ -35,3 +35,85 @@ def aligner(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     serve(settings)
+
+
+def _participant(role: str, config: Path | None, host: str | None, grpc_port: int | None,
+                 metrics_port: int | None, state_dir: Path | None) -> None:
+    from services.participant.main import load_participant, serve
+    from services.settings import SettingsError
+
+    if config is None:
+        typer.echo(f"error: fedmkt serve {role} needs --config FILE (the participant's YAML)",
+                   err=True)
+        raise typer.Exit(2)
+    try:
+        settings, participant = load_participant(
+            config, role=role,
+            service_flags={"host": host, "grpc_port": grpc_port, "metrics_port": metrics_port,
+                           "state_dir": state_dir})
+    except (SettingsError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    serve(settings, participant)
+
+
+PARTICIPANT_CONFIG = typer.Option(
+    None, "--config", help="participant YAML: model, data, training (+ optional service keys)")
+PARTICIPANT_HOST = typer.Option(None, help="listen address [env FEDMKT_PARTICIPANT_HOST]")
+PARTICIPANT_PORT = typer.Option(
+    None, help="gRPC port, 0 = free [env FEDMKT_PARTICIPANT_GRPC_PORT; default 0]")
+PARTICIPANT_METRICS = typer.Option(
+    None, help="Prometheus port, 0/-1 = off [env FEDMKT_PARTICIPANT_METRICS_PORT; default off]")
+PARTICIPANT_STATE = typer.Option(
+    None, help="adapters and staged knowledge [env FEDMKT_PARTICIPANT_STATE_DIR; default "
+               "$FEDMKT_HOME/participants/<name>]")
+
+
+@app.command("server")
+def server(
+    config: Path | None = PARTICIPANT_CONFIG,
+    host: str | None = PARTICIPANT_HOST,
+    grpc_port: int | None = PARTICIPANT_PORT,
+    metrics_port: int | None = PARTICIPANT_METRICS,
+    state_dir: Path | None = PARTICIPANT_STATE,
+) -> None:
+    """The server LLM participant (gRPC ParticipantService, role server)."""
+    _participant("server", config, host, grpc_port, metrics_port, state_dir)
+
+
+@app.command("client")
+def client(
+    config: Path | None = PARTICIPANT_CONFIG,
+    host: str | None = PARTICIPANT_HOST,
+    grpc_port: int | None = PARTICIPANT_PORT,
+    metrics_port: int | None = PARTICIPANT_METRICS,
+    state_dir: Path | None = PARTICIPANT_STATE,
+) -> None:
+    """A client SLM participant (gRPC ParticipantService, role client)."""
+    _participant("client", config, host, grpc_port, metrics_port, state_dir)
+
+
+@app.command("controller")
+def controller(
+    config: Path | None = CONFIG,
+    host: str | None = typer.Option(None, help="listen address [env FEDMKT_CONTROLLER_HOST]"),
+    grpc_port: int | None = typer.Option(
+        None, help="gRPC port, 0 = free [env FEDMKT_CONTROLLER_GRPC_PORT; default 50050]"),
+    state_dir: Path | None = typer.Option(
+        None, help="run store (controller.db) [env FEDMKT_CONTROLLER_STATE_DIR; default "
+                   "$FEDMKT_HOME/controller]"),
+    resume: bool | None = typer.Option(
+        None, "--resume/--no-resume",
+        help="resume interrupted runs at start [env FEDMKT_CONTROLLER_RESUME; default on]"),
+) -> None:
+    """The round controller: gRPC ControllerService (runs, events, resume)."""
+    from services.controller.main import serve
+    from services.settings import ControllerSettings, SettingsError, load_settings
+
+    try:
+        settings = load_settings(ControllerSettings, config, host=host, grpc_port=grpc_port,
+                                 state_dir=state_dir, resume=resume)
+    except SettingsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    serve(settings)

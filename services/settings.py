@@ -64,3 +64,31 @@ def load_settings(cls: type[S], config_file: Path | None = None, **flags) -> S:
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         raise SettingsError(f"invalid {cls.__name__}: {problems}") from exc
+
+
+class ParticipantSettings(ServiceSettings):
+    """How a participant service (server or client role) runs. What the participant *is* (model,
+    data, training) is a ``fedmkt.participant.config.ParticipantConfig``; both may share one YAML
+    file and the ``FEDMKT_PARTICIPANT_`` environment prefix."""
+
+    model_config = SettingsConfigDict(env_prefix="FEDMKT_PARTICIPANT_", extra="forbid")
+
+    grpc_port: int = 0  # 0 = a free port, printed at start (READY <name> grpc=<port>)
+    metrics_port: int = -1  # Prometheus /metrics; 0 or -1 = off
+    max_message_mb: int = 8  # knowledge chunks are 1 MiB; adapters travel in 1 MiB chunks
+    busy_timeout_s: float = 60.0  # how long a call waits for the one running before it
+
+
+class ControllerSettings(ServiceSettings):
+    """How the round controller runs; what it runs comes with each StartRun (a federation
+    config). Its run store lives in ``<state_dir>/controller.db``."""
+
+    model_config = SettingsConfigDict(env_prefix="FEDMKT_CONTROLLER_", extra="forbid")
+
+    grpc_port: int = 50050
+    resume: bool = True  # resume the runs that were running when the controller stopped
+
+    def resolved_state_dir(self) -> Path:
+        path = self.state_dir or cache_home() / "controller"
+        path.mkdir(parents=True, exist_ok=True)
+        return path

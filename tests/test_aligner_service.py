@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from fedmkt.models.tokenizers import load_tokenizer, tokenizer_path
 from fedmkt.wire import codec
 from fedmkt.wire.chunking import KnowledgeSample, chunk_knowledge
-from fedmkt.wire.v1 import aligner_pb2, aligner_pb2_grpc, knowledge_pb2, tokenizer_pb2
+from fedmkt.wire.v1 import aligner_pb2, aligner_pb2_grpc, tokenizer_pb2
 from services.aligner.main import AlignerProcess
 from services.settings import AlignerSettings
 
@@ -144,7 +144,7 @@ def test_align_text(stub) -> None:
     pairs = [(p.source_index, p.target_index) for p in reply.pairs]
     assert pairs[0] == (0, 0)
     assert pairs[-1] == (len(reply.source_ids) - 1, len(reply.target_ids) - 1)
-    assert all(b[0] >= a[0] and b[1] >= a[1] for a, b in zip(pairs, pairs[1:]))
+    assert all(b[0] >= a[0] and b[1] >= a[1] for a, b in zip(pairs, pairs[1:], strict=False))
     assert "".join(reply.target_tokens) == TEXT
     bad_mode = aligner_pb2.AlignTextRequest(source=builtin("mistral"), target=builtin("gpt2"),
                                             text="x", canonical=7)

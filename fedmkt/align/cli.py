@@ -154,7 +154,7 @@ def demo(
     from fedmkt.align.aligner import TokenAligner
     from fedmkt.align.vocab_map import vocab_map_for
 
-    console = Console()
+    console = Console(width=None if Console().is_terminal else 120)
     texts = demo_texts(samples)
     table = Table(title=f"FedMKT token alignment on {len(texts)} public texts (k={top_k}, "
                         f"{method})")

@@ -29,8 +29,8 @@ from fedmkt.align.engine import (
 )
 from fedmkt.align.registry import TokenizerInfo
 from fedmkt.errors import HTTP_STATUS, FedmktError, InvalidArgument, status_of
-from fedmkt.wire.errors import WireError
 from fedmkt.wire.chunking import KnowledgeSample, chunk_knowledge
+from fedmkt.wire.errors import WireError
 
 HTTP_REQUESTS = Counter("fedmkt_http_requests_total", "HTTP requests", ["path", "status"])
 DEFAULT_MAX_BODY = 160 << 20
