@@ -33,7 +33,8 @@ class ResourceExhausted(FedmktError):
 
 
 HTTP_STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "FAILED_PRECONDITION": 409,
-               "RESOURCE_EXHAUSTED": 413, "OUT_OF_RANGE": 400, "INTERNAL": 500}
+               "RESOURCE_EXHAUSTED": 413, "OUT_OF_RANGE": 400, "CANCELLED": 499,
+               "DEADLINE_EXCEEDED": 504, "INTERNAL": 500}
 
 
 def status_of(exc: BaseException) -> str | None:

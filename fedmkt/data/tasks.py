@@ -242,9 +242,11 @@ def _load_builtin(name: str) -> tuple[Sample, ...]:
 
 def load_task(name: str) -> list[Sample]:
     """The samples of a builtin task (see `list_tasks`) or of a JSONL file at path ``name``."""
+    path = Path(name)
+    if path.suffix == ".jsonl" and path.is_file():  # a file needs no data package
+        return read_jsonl(path)
     if name in builtin_tasks():
         return list(_load_builtin(name))
-    path = Path(name)
     if path.is_file():
         return read_jsonl(path)
     if path.suffix == ".jsonl" or "/" in name:
