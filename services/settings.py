@@ -86,6 +86,7 @@ class ControllerSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="FEDMKT_CONTROLLER_", extra="forbid")
 
     grpc_port: int = 50050
+    metrics_port: int = -1  # Prometheus /metrics; 0 or -1 = off
     resume: bool = True  # resume the runs that were running when the controller stopped
 
     def resolved_state_dir(self) -> Path:

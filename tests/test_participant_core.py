@@ -307,6 +307,13 @@ def test_distill_needs_staged_knowledge(server) -> None:
         server.distill("run-nothing", 3, strategy="best")
 
 
+def test_strategy_none_is_public_only_fine_tuning(server) -> None:
+    """The baseline run: CE on the public data, no knowledge read, an adapter saved."""
+    metrics = server.distill("run-baseline", 1, strategy="none")
+    assert metrics["distilled_fraction"] == 0.0 and metrics["steps"] >= 1
+    assert server.fetch_adapter(1).round == 1
+
+
 def test_rerunning_distill_gives_the_same_adapter(server) -> None:
     n = len(server.public)
     _teacher(server, "run-redo", "client-0", [0.0] * n)

@@ -336,23 +336,27 @@ class Participant:
                 kd_alpha: float = 0.0, temperature: float = 0.0, epochs: int = 0,
                 progress: ProgressFn | None = None,
                 cancel: threading.Event | None = None) -> dict[str, float]:
-        """Selective KD from every teacher staged for the round; saves the round's adapter."""
+        """Selective KD from every teacher staged for the round; saves the round's adapter.
+
+        ``strategy="none"`` trains on the public data with CE only and reads no knowledge (the
+        baseline run's public-only fine-tuning); any other strategy needs knowledge staged.
+        """
         check_round(round_index)
         c = self.config
         strategy = strategy or c.strategy
         kd_alpha = kd_alpha or c.kd_alpha
         temperature = temperature or c.temperature
         epochs = epochs or c.distill_epochs
-        if strategy not in ("dualmince", "fate", "weighted"):
-            raise InvalidArgument(f"strategy must be dualmince, fate or weighted, got "
+        if strategy not in ("dualmince", "fate", "weighted", "none"):
+            raise InvalidArgument(f"strategy must be dualmince, fate, weighted or none, got "
                                   f"{strategy!r}")
         if not 0.0 <= kd_alpha <= 1.0 or not temperature > 0:
             raise InvalidArgument("kd_alpha must be in [0, 1] and temperature > 0")
         progress = progress or _noop_progress
         with self._busy("distill"):
             folders = self._folders(run_id)
-            names = folders.knowledge.sources(round_index)
-            if not names:
+            names = [] if strategy == "none" else folders.knowledge.sources(round_index)
+            if not names and strategy != "none":
                 raise FailedPrecondition(
                     f"no knowledge staged for run {run_id} round {round_index}; send it with "
                     "ReceiveKnowledge first")
@@ -383,7 +387,8 @@ class Participant:
         student = self._student_pass(folders, run_id, round_index, strategy, cancel)
         progress("student_loss", len(ids), len(ids), {})
         losses = np.array([student[i] for i in ids], dtype=np.float64)
-        selection = select_teachers(losses, teacher_losses(teachers, ids), strategy,
+        selection = select_teachers(losses, teacher_losses(teachers, ids),
+                                    "dualmince" if strategy == "none" else strategy,
                                     self.config.selection_temperature)
         weights, sources = selection.weights, list(teachers)
         if strategy == "fate":
