@@ -136,6 +136,78 @@ def watch(
                   + (f"; report: {status['report']}" if status.get("report") else "") + ")")
 
 
+@app.command("submit")
+def submit(
+    config: Path = typer.Argument(..., help="federation config whose participants and aligner "
+                                            "name their endpoints (host:port)"),
+    controller: str = typer.Option(..., "--controller", help="host:port of a running controller"),
+    run_id: str = typer.Option("", "--run-id", help="run id; an existing one resumes"),
+    wait_seconds: float = typer.Option(
+        300.0, help="how long to keep trying to reach the controller"),
+) -> None:
+    """Start a run on an already deployed federation (docker compose, Kubernetes) and watch it."""
+    import time
+
+    import grpc
+
+    from fedmkt.config import FederationConfigError, load_federation_config
+    from fedmkt.federation.view import RunView
+    from fedmkt.wire.v1 import controller_pb2, controller_pb2_grpc
+    from services.controller.grpc_service import STATE_NAMES, event_from_pb
+
+    try:
+        fed = load_federation_config(config)
+    except FederationConfigError as exc:
+        _fail(str(exc))
+    missing = [p.name for p in fed.participants if not p.endpoint]
+    if missing or not fed.aligner.endpoint:
+        _fail(f"every participant and the aligner need an endpoint to submit; missing: "
+              f"{', '.join(missing + ([] if fed.aligner.endpoint else ['aligner']))}")
+    with grpc.insecure_channel(controller) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=wait_seconds)
+        except grpc.FutureTimeoutError:
+            _fail(f"controller {controller} not reachable within {wait_seconds:.0f} s")
+        stub = controller_pb2_grpc.ControllerServiceStub(channel)
+        try:
+            info = stub.StartRun(controller_pb2.StartRunRequest(config_yaml=fed.to_yaml(),
+                                                                run_id=run_id), timeout=60)
+        except grpc.RpcError as exc:
+            _fail(f"StartRun: {exc.details()}")
+        start = time.perf_counter()
+        with RunView(info.run_id, participants=[p.name for p in fed.participants]) as view:
+            for message in stub.WatchRun(controller_pb2.WatchRunRequest(run_id=info.run_id)):
+                view.update(event_from_pb(message))
+        final = stub.GetRun(controller_pb2.GetRunRequest(run_id=info.run_id), timeout=30)
+    state = STATE_NAMES.get(final.state, "failed")
+    typer.echo(f"run {final.run_id}: {state} after {time.perf_counter() - start:.0f} s "
+               f"({final.rounds_completed}/{final.rounds} rounds)")
+    if state != "succeeded":
+        _fail(final.error or state)
+
+
+@app.command("health")
+def health(
+    endpoint: str = typer.Argument(..., help="host:port of any fedmkt gRPC service"),
+    service: str = typer.Option("", help="a service name (default: the whole server)"),
+    timeout: float = typer.Option(3.0, help="seconds to wait for the answer"),
+) -> None:
+    """Exit 0 if the service answers grpc.health.v1 SERVING (for container health checks)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(endpoint) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.RpcError as exc:
+            _fail(f"{endpoint}: {exc.code().name}: {exc.details()}")
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    typer.echo(status)
+    if reply.status != health_pb2.HealthCheckResponse.SERVING:
+        raise typer.Exit(1)
+
+
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)

@@ -38,13 +38,16 @@ def aligner(
 
 
 def _participant(role: str, config: Path | None, host: str | None, grpc_port: int | None,
-                 metrics_port: int | None, state_dir: Path | None) -> None:
+                 metrics_port: int | None, state_dir: Path | None,
+                 federation: Path | None = None, name: str | None = None) -> None:
     from services.participant.main import load_participant, serve
     from services.settings import SettingsError
 
+    if federation is not None:
+        config = _config_from_federation(federation, name, role, state_dir)
     if config is None:
-        typer.echo(f"error: fedmkt serve {role} needs --config FILE (the participant's YAML)",
-                   err=True)
+        typer.echo(f"error: fedmkt serve {role} needs --config FILE (the participant's YAML) "
+                   "or --federation FILE --name NAME", err=True)
         raise typer.Exit(2)
     try:
         settings, participant = load_participant(
@@ -57,6 +60,45 @@ def _participant(role: str, config: Path | None, host: str | None, grpc_port: in
     serve(settings, participant)
 
 
+def _config_from_federation(federation: Path, name: str | None, role: str,
+                            state_dir: Path | None) -> Path:
+    """Write participant ``name``'s YAML, derived from a federation config, to a temp file."""
+    import tempfile
+
+    import yaml
+
+    from fedmkt.config import FederationConfigError, load_federation_config
+    from fedmkt.federation.participants import participant_config
+
+    if not name:
+        typer.echo("error: --federation needs --name (a participant of that config)", err=True)
+        raise typer.Exit(2)
+    try:
+        fed = load_federation_config(federation)
+    except FederationConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    names = [p.name for p in fed.participants]
+    if name not in names:
+        typer.echo(f"error: no participant {name!r} in {federation}; participants: "
+                   f"{', '.join(names)}", err=True)
+        raise typer.Exit(2)
+    values = participant_config(fed, name, state_dir)
+    if values.get("role") != role:
+        typer.echo(f"error: participant {name!r} has role {values.get('role')!r}, not {role!r}",
+                   err=True)
+        raise typer.Exit(2)
+    fd, path = tempfile.mkstemp(prefix=f"fedmkt-{name}-", suffix=".yaml")
+    with open(fd, "w") as fh:
+        yaml.safe_dump({k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()},
+                       fh, sort_keys=False)
+    return Path(path)
+
+
+FEDERATION = typer.Option(
+    None, "--federation", help="a federation config (examples/); with --name, serve that "
+                               "participant (instead of --config)")
+NAME = typer.Option(None, "--name", help="the participant's name in --federation")
 PARTICIPANT_CONFIG = typer.Option(
     None, "--config", help="participant YAML: model, data, training (+ optional service keys)")
 PARTICIPANT_HOST = typer.Option(None, help="listen address [env FEDMKT_PARTICIPANT_HOST]")
@@ -76,9 +118,11 @@ def server(
     grpc_port: int | None = PARTICIPANT_PORT,
     metrics_port: int | None = PARTICIPANT_METRICS,
     state_dir: Path | None = PARTICIPANT_STATE,
+    federation: Path | None = FEDERATION,
+    name: str | None = NAME,
 ) -> None:
     """The server LLM participant (gRPC ParticipantService, role server)."""
-    _participant("server", config, host, grpc_port, metrics_port, state_dir)
+    _participant("server", config, host, grpc_port, metrics_port, state_dir, federation, name)
 
 
 @app.command("client")
@@ -88,9 +132,11 @@ def client(
     grpc_port: int | None = PARTICIPANT_PORT,
     metrics_port: int | None = PARTICIPANT_METRICS,
     state_dir: Path | None = PARTICIPANT_STATE,
+    federation: Path | None = FEDERATION,
+    name: str | None = NAME,
 ) -> None:
     """A client SLM participant (gRPC ParticipantService, role client)."""
-    _participant("client", config, host, grpc_port, metrics_port, state_dir)
+    _participant("client", config, host, grpc_port, metrics_port, state_dir, federation, name)
 
 
 @app.command("controller")
