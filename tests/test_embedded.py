@@ -262,6 +262,12 @@ def test_report_compares_measured_numbers_and_says_when_fedmkt_did_not_help(
     saved = json_load(paths["metrics"])
     assert saved["evaluation"]["c1"]["2"]["accuracy"] == pytest.approx(0.7)
     assert 0.0 <= saved["overhead"]["total_round_share"] <= 1.0
+    # which teachers each student distilled from, per round
+    chosen = {(r["round"], r["participant"]): r for r in summary["selection"]}
+    assert chosen[(1, "llm")]["selected"] == {"c1": 1}
+    assert chosen[(1, "c1")]["selected"] == {"llm": 1}
+    assert chosen[(2, "c1")]["distilled_fraction"] == pytest.approx(0.25)
+    assert "## Knowledge distilled" in report and "| 1 | llm | 4 | 25% | c1 ×1 |" in report
 
 
 def json_load(path: Path) -> dict:

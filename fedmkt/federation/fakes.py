@@ -47,6 +47,9 @@ class CallEntry:
     ok: bool = False
 
 
+FAKE_PUBLIC = 4  # public samples a fake participant reports distilling over
+
+
 class CallLog:
     """Every call the fakes served, in start order; thread-safe."""
 
@@ -199,8 +202,12 @@ class FakeParticipant:
     def distill(self, run_id: str, round: int, strategy: str, kd_alpha: float,
                 temperature: float, epochs: int, opts: CallOptions) -> Iterator[ProgressUpdate]:
         teachers = sorted(src for (r, src) in self.staged if r == round)
-        yield from self._progress("distill", round, opts,
-                                  {"loss": 1.5 / (1 + round), "teachers": float(len(teachers))})
+        # like the real participant: one public sample per teacher chosen, out of FAKE_PUBLIC
+        metrics = {"loss": 1.5 / (1 + round), "teachers": float(len(teachers)),
+                   "samples": float(FAKE_PUBLIC),
+                   "distilled_fraction": min(len(teachers), FAKE_PUBLIC) / FAKE_PUBLIC,
+                   **{f"selected/{t}": 1.0 for t in teachers}}
+        yield from self._progress("distill", round, opts, metrics)
         self.updates += 1
         self.adapter_round = round
 

@@ -77,6 +77,22 @@ def step_timings(events: list[Event]) -> list[dict[str, Any]]:
     return rows
 
 
+def selections(events: list[Event]) -> list[dict[str, Any]]:
+    """Per distill step: the share of public samples distilled and which teachers were chosen."""
+    rows = []
+    for event in events:
+        if event.kind == ev.STEP_FINISHED and event.step == "distill":
+            m = event.metrics
+            rows.append({
+                "round": event.round, "participant": event.participant,
+                "samples": int(m.get("samples", 0)),
+                "distilled_fraction": m.get("distilled_fraction"),
+                "selected": {k.split("/", 1)[1]: int(v) for k, v in sorted(m.items())
+                             if k.startswith("selected/")},
+            })
+    return rows
+
+
 def _final(rounds: dict[int, dict[str, float]], metric: str, *, first: bool = False
            ) -> tuple[int, float] | None:
     usable = sorted(r for r, m in rounds.items() if metric in m)
@@ -169,6 +185,7 @@ def summarize(config: FederationConfig, fedmkt: RunOutcome, baseline: RunOutcome
             "mean_aligned_share": (sum(p["aligned_share"] for p in pipes) / len(pipes)
                                    if pipes else None),
         },
+        "selection": selections(fedmkt.events),
         "drops": [{"round": e.round, "participant": e.participant, "message": e.message}
                   for e in fedmkt.events if e.kind == ev.PARTICIPANT_DROPPED],
         "adapters": adapters or {},
@@ -186,6 +203,24 @@ def _fmt(value: float | None, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "—"
     return f"{value:.{digits}f}"
+
+
+def _selection_table(summary: dict[str, Any]) -> list[str]:
+    rows = summary.get("selection") or []
+    if not rows:
+        return []
+    lines = ["", "## Knowledge distilled (FedMKT run)", "",
+             "Selection keeps a teacher's knowledge for a public sample only where that teacher "
+             "beats the student on it (answer NLL); a student nobody beats trains on CE alone, "
+             "exactly like its baseline.", "",
+             "| round | student | public samples | distilled | teachers chosen |",
+             "|---|---|---|---|---|"]
+    for row in rows:
+        fraction = row["distilled_fraction"]
+        chosen = ", ".join(f"{name} ×{n}" for name, n in row["selected"].items() if n) or "none"
+        lines.append(f"| {row['round']} | {row['participant']} | {row['samples']} | "
+                     f"{'—' if fraction is None else f'{fraction:.0%}'} | {chosen} |")
+    return lines
 
 
 def render_markdown(summary: dict[str, Any], plot_file: str | None = None) -> str:
@@ -231,6 +266,7 @@ def render_markdown(summary: dict[str, Any], plot_file: str | None = None) -> st
     if plot_file:
         lines += ["", f"![{metric} per round]({plot_file})"]
     lines += _evaluation_table(summary)
+    lines += _selection_table(summary)
     lines += _timing_section(summary)
     if summary["drops"]:
         lines += ["", "## Dropped participants", ""]
