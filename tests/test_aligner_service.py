@@ -176,9 +176,13 @@ def _requests(src_fp, tgt_fp, samples, k, targets=None, header_overrides=None):
         source_fingerprint=src_fp, target_fingerprint=tgt_fp, top_k=k))
     header = {"run_id": "run-1", "round": 1, "source": "server",
               "tokenizer_fingerprint": src_fp, "top_k": k, **(header_overrides or {})}
+    by_id = {t.sample_id: t for t in targets or []}
     for chunk in chunk_knowledge(samples, header, logit_dtype="float16", max_bytes=4096):
+        # as the contract says: targets travel with the chunk that holds a sample's first part
+        firsts = [by_id[s.sample_id] for s in chunk.samples
+                  if s.part_index == 0 and s.sample_id in by_id]
         yield aligner_pb2.AlignKnowledgeRequest(
-            batch=aligner_pb2.AlignKnowledgeBatch(chunk=chunk, targets=targets or []))
+            batch=aligner_pb2.AlignKnowledgeBatch(chunk=chunk, targets=firsts))
 
 
 def test_align_knowledge_stream(stub) -> None:
@@ -191,11 +195,17 @@ def test_align_knowledge_stream(stub) -> None:
                                        topk_logits=logits, loss=1.5 + n))
         t_ids = np.asarray(gpt2(text).input_ids, dtype=np.int32)
         targets.append(aligner_pb2.TargetTokens(sample_id=f"s{n}", token_ids=codec.encode(t_ids)))
-    # a long sample (split into parts by the 4 KiB chunk limit) without target ids: the aligner
-    # re-tokenizes the decoded text
+    # a long sample, split into parts by the 4 KiB chunk limit: its target ids (given with the
+    # first part, ending in an end-of-text token) must be used when its last part arrives
     long_text = " ".join([TEXT] * 6)
     ids, topk, logits = _teacher_knowledge(long_text)
     samples.append(KnowledgeSample(sample_id="long", token_ids=ids, topk_ids=topk,
+                                   topk_logits=logits))
+    long_target = np.asarray(gpt2(long_text).input_ids + [gpt2.eos_token_id], dtype=np.int32)
+    targets.append(aligner_pb2.TargetTokens(sample_id="long", token_ids=codec.encode(long_target)))
+    # and one without target ids: the aligner re-tokenizes the decoded text
+    ids, topk, logits = _teacher_knowledge(long_text)
+    samples.append(KnowledgeSample(sample_id="retok", token_ids=ids, topk_ids=topk,
                                    topk_logits=logits))
     out = [r.chunk for r in stub.AlignKnowledge(_requests(src_fp, tgt_fp, samples, 8, targets))]
     got = {}
@@ -204,7 +214,10 @@ def test_align_knowledge_stream(stub) -> None:
         assert chunk.header.run_id == "run-1" and chunk.header.source == "server"
         for s in chunk.samples:
             got.setdefault(s.sample_id, []).append(s)
-    assert set(got) == {"s0", "s1", "long"}
+    assert set(got) == {"s0", "s1", "long", "retok"}
+    sent_parts = [s for r in _requests(src_fp, tgt_fp, samples, 8, targets)
+                  if r.HasField("batch") for s in r.batch.chunk.samples if s.sample_id == "long"]
+    assert len(sent_parts) > 1  # it really travelled in several parts
     first = got["s0"][0]
     t_ids = codec.decode(first.token_ids)
     assert np.array_equal(t_ids, gpt2(TEXT).input_ids)
@@ -216,8 +229,11 @@ def test_align_knowledge_stream(stub) -> None:
     # every projected row has the student's true next token first (teacher was sure of it)
     assert np.array_equal(rows[:, 0], t_ids[1:])
     assert math.isclose(first.loss, 1.5)
+    assert np.array_equal(codec.decode(got["long"][0].token_ids), long_target)
     long_rows = sum(codec.decode(p.topk_ids).shape[0] for p in got["long"])
-    assert long_rows == len(gpt2(long_text, add_special_tokens=False).input_ids) - 1
+    assert long_rows == len(long_target) - 1
+    retok_rows = sum(codec.decode(p.topk_ids).shape[0] for p in got["retok"])
+    assert retok_rows == len(gpt2(long_text, add_special_tokens=False).input_ids) - 1
 
 
 def test_align_knowledge_rejects_bad_streams(stub) -> None:

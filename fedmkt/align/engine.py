@@ -21,7 +21,7 @@ from fedmkt.align.cache import VocabMapCache
 from fedmkt.align.canonical import CanonicalMode
 from fedmkt.align.registry import TokenizerInfo, TokenizerRegistry, check_fingerprint
 from fedmkt.align.vocab_map import VocabMapResult, vocab_map_for
-from fedmkt.errors import FailedPrecondition, InvalidArgument
+from fedmkt.errors import InvalidArgument
 from fedmkt.wire.chunking import KnowledgeSample, SampleAssembler, chunk_knowledge
 from fedmkt.wire.validate import SampleStats, decode_chunk
 
@@ -176,36 +176,24 @@ class AlignmentEngine:
         source_tok = self.registry.get(config.source_fingerprint).tokenizer
         target_vocab = len(target_tok)
         assembler = SampleAssembler()
-        header0 = None
+        pending: dict[str, TargetTokens] = {}  # targets of samples not yet whole
+        header0 = None  # every later chunk must carry the same run, round, source and k
         for chunk, targets in batches:
-            if not chunk.HasField("header"):
-                raise InvalidArgument("knowledge chunk has no header")
-            header = chunk.header
-            if header0 is None:
-                if header.tokenizer_fingerprint != config.source_fingerprint:
-                    raise FailedPrecondition(
-                        "knowledge chunk is in tokenizer "
-                        f"{header.tokenizer_fingerprint[:12]}… but the stream was configured for "
-                        f"source {config.source_fingerprint[:12]}…"
-                    )
-                if header.top_k <= 0 or header.top_k > MAX_TOP_K:
-                    raise InvalidArgument(f"header top_k must be in 1..{MAX_TOP_K}")
-                header0 = header
-            parts = decode_chunk(chunk, vocab_size=source_vocab, run_id=header0.run_id,
-                                 round=header0.round, source=header0.source,
-                                 fingerprint=config.source_fingerprint, top_k=header0.top_k,
-                                 max_positions=MAX_POSITIONS)
-            done: list[KnowledgeSample] = []
-            for part in parts:
-                whole = assembler.add(part)
-                if whole is not None:
-                    done.append(whole)
+            same = {} if header0 is None else {
+                "run_id": header0.run_id, "round": header0.round, "source": header0.source,
+                "top_k": header0.top_k}
+            parts = decode_chunk(chunk, vocab_size=source_vocab,
+                                 fingerprint=config.source_fingerprint,
+                                 max_positions=MAX_POSITIONS, **same)
+            header0 = header0 or chunk.header
+            pending.update(targets)
+            done = [whole for whole in map(assembler.add, parts) if whole is not None]
             if not done:
                 continue
             k_out = config.top_k or header0.top_k
             projected = [
-                self._project_one(aligner, sample, targets.get(sample.sample_id), source_tok,
-                                  target_tok, target_vocab, k_out)
+                self._project_one(aligner, sample, pending.pop(sample.sample_id, None),
+                                  source_tok, target_tok, target_vocab, k_out)
                 for sample in done
             ]
             out_header = {"run_id": header0.run_id, "round": header0.round,
