@@ -275,7 +275,8 @@ class EmbeddedRun:
                 startup = time.perf_counter() - t0
                 fedmkt = self._execute(deployment, self.config, self.run_id, "fedmkt")
                 if fedmkt.state == "succeeded":
-                    adapters = self._fetch_adapters(deployment, self.run_dir / "adapters")
+                    adapters = self._fetch_adapters(deployment, self.run_dir / "adapters",
+                                                    self.run_id)
                 self.services.stop(deployment.processes, self.stop_grace)
                 if self.baselines and fedmkt.state == "succeeded":
                     t1 = time.perf_counter()
@@ -388,7 +389,8 @@ class EmbeddedRun:
         return RunOutcome(run_id, STATE_NAMES.get(info.state, "failed"), info.error, events,
                           time.perf_counter() - started)
 
-    def _fetch_adapters(self, deployment: Deployment, folder: Path) -> dict[str, dict[str, Any]]:
+    def _fetch_adapters(self, deployment: Deployment, folder: Path,
+                        run_id: str) -> dict[str, dict[str, Any]]:
         from services.controller.clients import GrpcParticipant
 
         out = {}
@@ -397,7 +399,7 @@ class EmbeddedRun:
             with grpc.insecure_channel(endpoint) as channel:
                 try:
                     blob = GrpcParticipant(name, channel).fetch_adapter(
-                        -1, CallOptions.within(name, 300, CancelScope()))
+                        -1, CallOptions.within(name, 300, CancelScope()), run_id)
                 except Exception as exc:  # noqa: BLE001 - a missing adapter is reported
                     out[name] = {"error": str(exc)}
                     continue

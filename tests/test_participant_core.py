@@ -314,6 +314,15 @@ def test_strategy_none_is_public_only_fine_tuning(server) -> None:
     assert server.fetch_adapter(1).round == 1
 
 
+def test_adapters_of_an_earlier_run_stay_fetchable_by_run_id(server) -> None:
+    server.distill("run-old", 2, strategy="none")
+    server.distill("run-new", 0, strategy="none")  # now the current run
+    assert server.fetch_adapter(-1).round == 0
+    assert server.fetch_adapter(-1, "run-old").round == 2
+    with pytest.raises(NotFound, match="run-never"):
+        server.fetch_adapter(-1, "run-never")
+
+
 def test_rerunning_distill_gives_the_same_adapter(server) -> None:
     n = len(server.public)
     _teacher(server, "run-redo", "client-0", [0.0] * n)

@@ -278,7 +278,7 @@ class FakeParticipant:
         self.log.end(entry, ok=True)
         return ReceiveResult(count, digest.hexdigest())
 
-    def fetch_adapter(self, round: int, opts: CallOptions) -> AdapterBlob:
+    def fetch_adapter(self, round: int, opts: CallOptions, run_id: str = "") -> AdapterBlob:
         entry = self._work("fetch_adapter", round, opts)
         if self.adapter_round < 0:
             self.log.end(entry, ok=False)

@@ -415,7 +415,7 @@ class RunExecutor:
         """The digest of the adapter the participant saved for this round (recorded with the
         evaluation, so a resumed run can be checked against an undisturbed one)."""
         try:
-            blob = self.clients[step.participant].fetch_adapter(step.round, opts)
+            blob = self.clients[step.participant].fetch_adapter(step.round, opts, self.run_id)
         except CallFailed as exc:
             if exc.code == "NOT_FOUND":  # e.g. an LLM that is never trained
                 return {}
@@ -520,7 +520,8 @@ class RunExecutor:
 
         dropped = self.store.dropped(self.run_id, step.round)
         live = [c.name for c in self.config.clients if c.name not in dropped]
-        blobs = {name: self.clients[name].fetch_adapter(step.round, opts.for_who(name))
+        blobs = {name: self.clients[name].fetch_adapter(step.round, opts.for_who(name),
+                                                        self.run_id)
                  for name in live}
         weights = [max(1, self.described[name].private_samples) for name in live]
         averaged = average_adapters([blobs[name].data for name in live], weights)

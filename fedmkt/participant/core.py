@@ -468,19 +468,21 @@ class Participant:
 
     # ------------------------------------------------------------------ adapters
 
-    def fetch_adapter(self, round_index: int = -1) -> AdapterBlob:
-        """The saved adapter of a round of the current run (-1 = the latest) as safetensors."""
-        if self.run_id is None:
+    def fetch_adapter(self, round_index: int = -1, run_id: str = "") -> AdapterBlob:
+        """The saved adapter of a round (-1 = the latest) of ``run_id`` (empty = the current
+        run) as safetensors bytes."""
+        run_id = run_id or self.run_id or ""
+        if not run_id:
             raise NotFound(f"participant {self.config.name} has no run yet, hence no adapter")
-        folders = RunFolders(self.state_dir, self.run_id)
+        folders = RunFolders(self.state_dir, run_id)
         if round_index == -1:
             latest = folders.latest_final()
             if latest is None:
-                raise NotFound(f"run {self.run_id} has no saved adapter yet")
+                raise NotFound(f"run {run_id} has no saved adapter yet")
             round_index = latest
         check_round(round_index)
         if round_index not in folders.final_rounds():
-            raise NotFound(f"run {self.run_id} has no adapter for round {round_index}")
+            raise NotFound(f"run {run_id} has no adapter for round {round_index}")
         data = adapters.adapter_bytes(folders.path(StateKey("final", round_index)))
         return AdapterBlob(round_index, data, hashlib.sha256(data).hexdigest())
 

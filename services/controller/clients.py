@@ -217,10 +217,10 @@ class GrpcParticipant:
             stream(), timeout=t, metadata=metadata))
         return ReceiveResult(response.samples, response.digest)
 
-    def fetch_adapter(self, round: int, opts: CallOptions) -> AdapterBlob:
+    def fetch_adapter(self, round: int, opts: CallOptions, run_id: str = "") -> AdapterBlob:
         parts, size, last = [], 0, None
         for chunk in _stream(self.name, opts, lambda t: self.stub.FetchAdapter(
-                participant_pb2.FetchAdapterRequest(round=round), timeout=t)):
+                participant_pb2.FetchAdapterRequest(round=round, run_id=run_id), timeout=t)):
             size += len(chunk.data)
             if size > MAX_ADAPTER_BYTES:
                 raise CallFailed(self.name, "RESOURCE_EXHAUSTED", "adapter larger than 1 GiB")

@@ -228,7 +228,7 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
 
     @map_errors
     def FetchAdapter(self, request, context):
-        blob = self.participant.fetch_adapter(request.round)
+        blob = self.participant.fetch_adapter(request.round, request.run_id)
         data = blob.data
         for start in range(0, max(len(data), 1), ADAPTER_CHUNK_BYTES):
             piece = data[start : start + ADAPTER_CHUNK_BYTES]

@@ -140,10 +140,12 @@ class EvaluateRequest(_message.Message):
     def __init__(self, run: _Optional[_Union[RunRef, _Mapping]] = ..., split: _Optional[str] = ...) -> None: ...
 
 class FetchAdapterRequest(_message.Message):
-    __slots__ = ("round",)
+    __slots__ = ("round", "run_id")
     ROUND_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     round: int
-    def __init__(self, round: _Optional[int] = ...) -> None: ...
+    run_id: str
+    def __init__(self, round: _Optional[int] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class AdapterChunk(_message.Message):
     __slots__ = ("round", "digest", "data", "last")
