@@ -314,6 +314,16 @@ def test_strategy_none_is_public_only_fine_tuning(server) -> None:
     assert server.fetch_adapter(1).round == 1
 
 
+def test_lambda_zero_is_pure_distillation(server) -> None:
+    """λ = 0 is a real choice (not "use the configured 0.9"): the loss is the KD term alone."""
+    n = len(server.public)
+    _teacher(server, "run-lambda0", "client-0", [0.0] * n)  # better than the student everywhere
+    metrics = server.distill("run-lambda0", 0, kd_alpha=0.0)
+    assert metrics["distilled_fraction"] == 1.0
+    assert metrics["loss"] == pytest.approx(metrics["kd"]) and metrics["loss"] != pytest.approx(
+        metrics["ce"])
+
+
 def test_adapters_of_an_earlier_run_stay_fetchable_by_run_id(server) -> None:
     server.distill("run-old", 2, strategy="none")
     server.distill("run-new", 0, strategy="none")  # now the current run

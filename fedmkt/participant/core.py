@@ -333,7 +333,7 @@ class Participant:
         return RunFolders(self.state_dir, run_id).knowledge.sources(round_index)
 
     def distill(self, run_id: str, round_index: int, *, strategy: str = "",
-                kd_alpha: float = 0.0, temperature: float = 0.0, epochs: int = 0,
+                kd_alpha: float | None = None, temperature: float | None = None, epochs: int = 0,
                 progress: ProgressFn | None = None,
                 cancel: threading.Event | None = None) -> dict[str, float]:
         """Selective KD from every teacher staged for the round; saves the round's adapter.
@@ -344,8 +344,8 @@ class Participant:
         check_round(round_index)
         c = self.config
         strategy = strategy or c.strategy
-        kd_alpha = kd_alpha or c.kd_alpha
-        temperature = temperature or c.temperature
+        kd_alpha = c.kd_alpha if kd_alpha is None else kd_alpha  # λ = 0 is a valid choice
+        temperature = c.temperature if temperature is None else temperature
         epochs = epochs or c.distill_epochs
         if strategy not in ("dualmince", "fate", "weighted", "none"):
             raise InvalidArgument(f"strategy must be dualmince, fate, weighted or none, got "

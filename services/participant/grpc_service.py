@@ -175,8 +175,10 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
 
         def work(progress, cancel):
             return self.participant.distill(
-                run_id, round_index, strategy=request.strategy, kd_alpha=request.kd_alpha,
-                temperature=request.temperature, epochs=request.epochs, progress=progress,
+                run_id, round_index, strategy=request.strategy,
+                kd_alpha=request.kd_alpha if request.HasField("kd_alpha") else None,
+                temperature=request.temperature if request.HasField("temperature") else None,
+                epochs=request.epochs, progress=progress,
                 cancel=cancel)
 
         yield from self._stream(context, "distill", round_index, work)
