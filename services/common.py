@@ -114,9 +114,13 @@ def add_health_and_reflection(
     return health_servicer
 
 
-def bind(server: grpc.Server, host: str, port: int) -> int:
-    """Bind an insecure port; returns the port actually bound (0 asks for a free one)."""
-    bound = server.add_insecure_port(f"{host}:{port}")
+def bind(server: grpc.Server, host: str, port: int,
+         credentials: grpc.ServerCredentials | None = None) -> int:
+    """Bind the gRPC port (TLS when ``credentials`` are given); returns the port actually bound
+    (0 asks for a free one)."""
+    address = f"{host}:{port}"
+    bound = (server.add_insecure_port(address) if credentials is None
+             else server.add_secure_port(address, credentials))
     if bound == 0:
         raise RuntimeError(f"cannot bind gRPC to {host}:{port} (in use?)")
     return bound

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fedmkt.paths import cache_home
@@ -25,6 +25,34 @@ class ServiceSettings(BaseSettings):
     workers: int = 8
     log_level: str = "INFO"
     log_json: bool = False
+    # TLS (PEM files). With tls_cert + tls_key the gRPC port serves TLS; adding tls_client_ca
+    # makes it mTLS: every caller must present a certificate signed by that CA.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> ServiceSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key as well")
+        for name in ("tls_cert", "tls_key", "tls_client_ca"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: no such file {path}")
+        return self
+
+    def server_credentials(self):  # -> grpc.ServerCredentials | None
+        """TLS (or mTLS) credentials for the gRPC port; None = plaintext."""
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        import grpc
+
+        ca = Path(self.tls_client_ca).read_bytes() if self.tls_client_ca else None
+        return grpc.ssl_server_credentials(
+            [(Path(self.tls_key).read_bytes(), Path(self.tls_cert).read_bytes())],
+            root_certificates=ca, require_client_auth=ca is not None)
 
 
 class AlignerSettings(ServiceSettings):

@@ -27,7 +27,8 @@ class AlignerProcess:
             AlignerServicer(self.engine), self.grpc)
         self.health = add_health_and_reflection(
             self.grpc, [aligner_pb2.DESCRIPTOR.services_by_name["AlignerService"].full_name])
-        self.grpc_port = bind(self.grpc, settings.host, settings.grpc_port)
+        self.grpc_port = bind(self.grpc, settings.host, settings.grpc_port,
+                              settings.server_credentials())
         self.http_server = None
         self.http_port = None
         self._http_thread: threading.Thread | None = None

@@ -37,7 +37,8 @@ class ControllerProcess:
         controller_pb2_grpc.add_ControllerServiceServicer_to_server(
             ControllerServicer(self.manager), self.grpc)
         self.health = add_health_and_reflection(self.grpc, [SERVICE_NAME])
-        self.grpc_port = bind(self.grpc, settings.host, settings.grpc_port)
+        self.grpc_port = bind(self.grpc, settings.host, settings.grpc_port,
+                              settings.server_credentials())
 
     def start(self) -> None:
         self.grpc.start()

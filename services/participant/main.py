@@ -74,7 +74,8 @@ class ParticipantProcess:
         self.servicer = ParticipantServicer(self.participant)
         participant_pb2_grpc.add_ParticipantServiceServicer_to_server(self.servicer, self.grpc)
         self.health = add_health_and_reflection(self.grpc, [SERVICE_NAME])
-        self.grpc_port = bind(self.grpc, settings.host, settings.grpc_port)
+        self.grpc_port = bind(self.grpc, settings.host, settings.grpc_port,
+                              settings.server_credentials())
         self.metrics_port: int | None = None
 
     def start(self) -> None:
