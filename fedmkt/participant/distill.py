@@ -133,11 +133,9 @@ class DistillStep:
         self.device = device
 
     def __call__(self, indices: Sequence[int]) -> StepOutput:
-        encoded = [self.split.encoded[i] for i in indices]
-        batch = {k: v.to(self.device) for k, v in collate(encoded, self.pad_id).items()}
-        logits = self.model(input_ids=batch["input_ids"],
-                            attention_mask=batch["attention_mask"]).logits
-        batch_size, length = batch["input_ids"].shape
+        encoded, batch, logits = forward_batch(self.model, self.split, indices, self.pad_id,
+                                               self.device)
+        length = batch["input_ids"].shape[1]
         weights = self.weights[list(indices)]
         sample_ids = [enc.sample_id for enc in encoded]
         keep = answer_positions(batch["labels"]) if self.settings.positions == "answer" else None
@@ -154,6 +152,15 @@ class DistillStep:
         return StepOutput(result.loss, result.metrics())
 
 
+def forward_batch(model: torch.nn.Module, split: EncodedSplit, indices: Sequence[int],
+                  pad_id: int, device: torch.device):
+    """The encoded samples at ``indices``, their collated batch on ``device``, and the logits."""
+    encoded = [split.encoded[i] for i in indices]
+    batch = {k: v.to(device) for k, v in collate(encoded, pad_id).items()}
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return encoded, batch, logits
+
+
 class CrossEntropyStep:
     """The plain cross-entropy loss of one micro-batch (local fine-tuning on private data)."""
 
@@ -165,10 +172,8 @@ class CrossEntropyStep:
         self.device = device
 
     def __call__(self, indices: Sequence[int]) -> StepOutput:
-        encoded = [self.split.encoded[i] for i in indices]
-        batch = {k: v.to(self.device) for k, v in collate(encoded, self.pad_id).items()}
-        logits = self.model(input_ids=batch["input_ids"],
-                            attention_mask=batch["attention_mask"]).logits
+        encoded, batch, logits = forward_batch(self.model, self.split, indices, self.pad_id,
+                                               self.device)
         weights = torch.zeros((len(encoded), 0), device=self.device)
         result = combined_loss(logits, batch["labels"], [], weights)
         return StepOutput(result.loss, {"ce": float(result.ce.mean())})
