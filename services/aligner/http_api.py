@@ -31,6 +31,7 @@ from fedmkt.align.registry import TokenizerInfo
 from fedmkt.errors import HTTP_STATUS, FedmktError, InvalidArgument, status_of
 from fedmkt.wire.chunking import KnowledgeSample, chunk_knowledge
 from fedmkt.wire.errors import WireError
+from fedmkt.wire.validate import decode_sample
 
 HTTP_REQUESTS = Counter("fedmkt_http_requests_total", "HTTP requests", ["path", "status"])
 DEFAULT_MAX_BODY = 160 << 20
@@ -217,10 +218,8 @@ def create_app(engine: AlignmentEngine, max_body_bytes: int = DEFAULT_MAX_BODY) 
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
         out = []
-        from fedmkt.wire.validate import decode_sample
-
+        vocab = engine.tokenizer_info(TokenizerRefArg(fingerprint=body.target_fingerprint))
         for chunk in engine.align_knowledge(config, ((c, targets) for c in chunks)):
-            vocab = engine.tokenizer_info(TokenizerRefArg(fingerprint=body.target_fingerprint))
             for sample_pb in chunk.samples:
                 s = decode_sample(sample_pb, vocab_size=vocab.vocab_size,
                                   top_k=chunk.header.top_k)
