@@ -14,6 +14,7 @@ import torch
 from participant_helpers import make_config, write_task
 
 from fedmkt.errors import FailedPrecondition, InvalidArgument, NotFound
+from fedmkt.knowledge.topk import iter_knowledge
 from fedmkt.models import adapters
 from fedmkt.participant.core import Participant
 from fedmkt.participant.training import Cancelled
@@ -51,8 +52,11 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 def own_knowledge(p: Participant, run: str, round_index: int, top_k: int = 0
                   ) -> list[KnowledgeSample]:
-    out = p.compute_knowledge(run, round_index, top_k)
-    return list(out.samples)
+    """Knowledge at every position (what a sender whose receivers read all positions sends;
+    the default sends only the answer rows): long samples that chunking splits into parts."""
+    p.compute_knowledge(run, round_index, top_k)  # checks the arguments, switches the run
+    return list(iter_knowledge(p.model, p.public.encoded, k=top_k or p.config.top_k,
+                               batch_size=8, progress=False))
 
 
 def stream(samples: list[KnowledgeSample], *, run: str, round_index: int, source: str,
@@ -153,15 +157,21 @@ def test_cancelled_training_restores_the_adapter_and_saves_nothing(client) -> No
 # --------------------------------------------------------------------------- knowledge
 
 
-def test_knowledge_covers_every_public_position_with_top_k(client) -> None:
+def test_knowledge_covers_every_answer_position_with_top_k(client) -> None:
     out = client.compute_knowledge("run-k", 0, top_k=5)
     assert out.header.top_k == 5 and out.header.source == "client-0"
-    samples = list(out.samples)
-    assert [s.sample_id for s in samples] == client.public.ids()
-    for sample, enc in zip(samples, client.public.encoded, strict=True):
-        assert sample.topk_ids.shape == (len(enc.input_ids) - 1, 5)
+    samples = {s.sample_id: s for s in out.samples}
+    assert sorted(samples) == sorted(client.public.ids())
+    assert client.config.kd_positions == "answer"  # the default: rows that predict the answer
+    for enc in client.public.encoded:
+        sample = samples[enc.sample_id]
+        assert sample.position_start == enc.answer_start - 1
+        assert sample.topk_ids.shape == (len(enc.input_ids) - enc.answer_start, 5)
         assert sample.token_ids.tolist() == enc.input_ids
         assert sample.loss > 0 and math.isfinite(sample.loss)
+    work = client.last_knowledge_work
+    assert work.done.head_positions == work.floor.head_positions == sum(
+        len(enc.input_ids) - enc.answer_start for enc in client.public.encoded)
     with pytest.raises(InvalidArgument, match="top_k"):
         client.compute_knowledge("run-k", 0, top_k=5000)
 

@@ -11,6 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from fedmkt.knowledge import topk
 from fedmkt.knowledge.topk import collate, extract_topk, iter_knowledge, naive_topk
+from fedmkt.models.work import WorkLedger
 from fedmkt.wire.chunking import KnowledgeSample
 
 VOCAB = 40
@@ -123,12 +124,16 @@ def test_extraction_is_deterministic_and_restores_training_mode(model) -> None:
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_iter_knowledge_yields_samples_in_order(model) -> None:
+def test_iter_knowledge_yields_every_sample_longest_first(model) -> None:
     items = samples()
     whole = extract_topk(model, collate(items), 4)
     got = list(iter_knowledge(model, items, k=4, batch_size=2, progress=False))
-    assert [s.sample_id for s in got] == [s.sample_id for s in items]
-    for knowledge, sample, expected in zip(got, items, whole, strict=True):
+    assert sorted(s.sample_id for s in got) == sorted(s.sample_id for s in items)
+    lengths = [len(s.token_ids) for s in got]
+    assert lengths == sorted(lengths, reverse=True)
+    by_id = {s.sample_id: s for s in got}
+    for sample, expected in zip(items, whole, strict=True):
+        knowledge = by_id[sample.sample_id]
         assert isinstance(knowledge, KnowledgeSample)
         assert knowledge.position_start == 0
         assert knowledge.token_ids is not None
@@ -170,3 +175,29 @@ def test_cuda_gives_the_cpu_result(model) -> None:
     for a, b in zip(on_cpu, on_cuda, strict=True):
         np.testing.assert_allclose(a.topk_logits, b.topk_logits, rtol=1e-4, atol=1e-4)
         assert a.answer_nll == pytest.approx(b.answer_nll, rel=1e-4, abs=1e-4)
+
+
+def test_answer_rows_are_the_all_rows_from_the_answer_on(model) -> None:
+    items = samples()
+    work_all, work_answer = WorkLedger(), WorkLedger()
+    every = {s.sample_id: s for s in iter_knowledge(model, items, k=3, batch_size=2,
+                                                    progress=False, work=work_all)}
+    answer = list(iter_knowledge(model, items, k=3, batch_size=2, progress=False,
+                                 positions="answer", work=work_answer))
+    rows = 0
+    for got in answer:
+        full = every[got.sample_id]
+        labels = np.asarray(next(s.labels for s in items if s.sample_id == got.sample_id))
+        predicted = np.nonzero(labels[1:] != -100)[0]  # rows that predict a label
+        assert got.position_start == (int(predicted[0]) if predicted.size else 0)
+        assert len(got.topk_ids) == len(labels) - 1 - got.position_start
+        np.testing.assert_array_equal(got.topk_ids, full.topk_ids[got.position_start:])
+        np.testing.assert_allclose(got.topk_logits, full.topk_logits[got.position_start:],
+                                   rtol=1e-5, atol=1e-5)
+        assert got.loss == pytest.approx(full.loss, rel=1e-6, abs=1e-6)
+        rows += len(got.topk_ids)
+    assert work_answer.done.head_positions == work_answer.floor.head_positions == rows
+    assert work_all.floor.head_positions == sum(max(len(s.input_ids) - 1, 0) for s in items)
+    assert work_answer.floor.forward_tokens == sum(len(s.input_ids) for s in items)
+    assert work_answer.done.forward_tokens >= work_answer.floor.forward_tokens
+    assert work_answer.done.backward_tokens == 0

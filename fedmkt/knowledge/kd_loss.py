@@ -139,17 +139,42 @@ def combined_loss(
         temperature: T > 0 of the KD term (the CE term always uses T = 1).
         kind: ``"ce"`` or ``"kl"``.
     """
+    batch, length = _check_student(student_logits)
+    if tuple(labels.shape) != (batch, length):
+        raise ValueError(f"labels must be [B, L] = {(batch, length)}, got {tuple(labels.shape)}")
+    return combined_loss_at(student_logits, _next_token_targets(labels), teachers, weights,
+                            kd_alpha=kd_alpha, temperature=temperature, kind=kind)
+
+
+def combined_loss_at(
+    student_logits: torch.Tensor,
+    next_token: torch.Tensor,
+    teachers: Sequence[TeacherTargets | tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    weights: torch.Tensor | np.ndarray,
+    kd_alpha: float = 0.9,
+    temperature: float = 1.0,
+    kind: KDKind = "ce",
+) -> CombinedLoss:
+    """:func:`combined_loss` on rows that are not a sequence: row ``j`` of sample ``b`` predicts
+    ``next_token[b, j]`` (``-100`` = not scored) and the teachers are laid out on the same rows.
+
+    This is how the loss is computed from logits evaluated at chosen positions only
+    (``fedmkt.models.heads``): the rows are the positions that CE or KD reads, in any order,
+    padded with unscored, unmasked rows. The result equals :func:`combined_loss` on the full
+    sequence because both losses are means over scored rows and masked rows.
+    """
     _check_kind_and_temperature(kind, temperature)
     if not 0.0 <= kd_alpha <= 1.0:
         raise ValueError(f"kd_alpha must be in [0, 1], got {kd_alpha}")
     batch, length = _check_student(student_logits)
-    if tuple(labels.shape) != (batch, length):
-        raise ValueError(f"labels must be [B, L] = {(batch, length)}, got {tuple(labels.shape)}")
+    if tuple(next_token.shape) != (batch, length):
+        raise ValueError(f"next-token targets must be [B, L] = {(batch, length)}, "
+                         f"got {tuple(next_token.shape)}")
     targets = [_check_teacher(TeacherTargets(*t), student_logits) for t in teachers]
     weight = _check_weights(weights, batch, len(targets), student_logits.device)
 
     active = [t for t in range(len(targets)) if bool((weight[:, t] > 0).any())]
-    next_token = _next_token_targets(labels)
+    next_token = next_token.to(student_logits.device).long()
     ids = [next_token.clamp(min=0).unsqueeze(-1)]
     ids += [targets[t].ids.clamp(min=0).long() for t in active]
     temps = (1.0,) if temperature == 1.0 else (1.0, temperature)

@@ -18,17 +18,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import NamedTuple, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from fedmkt.knowledge.kd_loss import IGNORE_INDEX
+from fedmkt.models.heads import SelectiveHead
+from fedmkt.models.work import WorkLedger
 from fedmkt.wire.chunking import KnowledgeSample
 
 _CPU_BLOCK_ELEMENTS = 1 << 20  # logits read at once on CPU: a block that stays in cache
 _DEVICE_BLOCK_ELEMENTS = 1 << 24  # on an accelerator: few, large kernels
+_HEAD_BLOCK_ELEMENTS = 1 << 24  # logits made at once by the LM head (64 MiB of float32)
 
 PAD_ID = -1
 """Id of a padding slot in ``topk_ids`` (only when the vocabulary is smaller than k)."""
@@ -161,6 +164,85 @@ def naive_topk_from_logits(
     return out
 
 
+Positions = Literal["all", "answer"]
+
+
+class RowsTopK(NamedTuple):
+    """Knowledge of one sample at rows ``position_start ..`` (see :func:`extract_topk_rows`)."""
+
+    position_start: int
+    topk: SampleTopK
+
+
+def knowledge_spans(attention_mask: torch.Tensor, labels: torch.Tensor,
+                    positions: Positions) -> list[tuple[int, int]]:
+    """``[start, stop)`` of the rows whose logits are read, per sample: every real position but
+    the last (``"all"``), or only the positions that predict an answer token (``"answer"``: from
+    the one before the first labelled token to the end; a sample without labels keeps all)."""
+    if positions not in ("all", "answer"):
+        raise ValueError(f"positions must be 'all' or 'answer', got {positions!r}")
+    lengths = _right_padded_lengths(attention_mask)
+    spans = []
+    scored = (labels.to(attention_mask.device) != IGNORE_INDEX) & attention_mask.bool()
+    for b, length in enumerate(lengths):
+        start = 0
+        if positions == "answer":
+            where = torch.nonzero(scored[b, 1:length]).squeeze(1)
+            start = int(where[0]) if where.numel() else 0
+        spans.append((start, max(length - 1, start)))
+    return spans
+
+
+def extract_topk_rows(
+    head: SelectiveHead, batch: Mapping[str, torch.Tensor], k: int,
+    positions: Positions = "all", work: WorkLedger | None = None,
+) -> list[RowsTopK]:
+    """Top-k logits and the answer's total NLL, with the LM head evaluated only at the rows of
+    :func:`knowledge_spans` (the transformer body runs once over the batch).
+
+    With ``positions="all"`` the result equals :func:`extract_topk` (within float rounding of
+    the head's matrix product); with ``"answer"`` it is the same rows' subset, from
+    ``position_start``. The answer NLL is the same either way (it reads only answer rows).
+    ``work``, if given, gets what the pass did and its floor (real tokens; the rows read).
+    """
+    input_ids, attention_mask, labels = _check_batch(batch, k)
+    spans = knowledge_spans(attention_mask, labels, positions)
+    model = head.model
+    device = _model_device(model)
+    with _eval_mode(model), torch.inference_mode():
+        hidden = head.hidden(input_ids.to(device), attention_mask.to(device))
+        rows = torch.cat([hidden[b, start:stop] for b, (start, stop) in enumerate(spans)])
+        vocab = head.vocab_size(hidden)
+        targets = _next_token_targets(labels, attention_mask, vocab).to(device)
+        row_targets = torch.cat([targets[b, start:stop] for b, (start, stop) in enumerate(spans)])
+        width = min(k, vocab)
+        step = max(1, _HEAD_BLOCK_ELEMENTS // vocab)
+        values, ids, nll_rows = [], [], []
+        for start in range(0, rows.shape[0], step):
+            block = head.logits(rows[start : start + step])
+            top = torch.topk(block, width, dim=-1)
+            values.append(top.values.float())
+            ids.append(top.indices)
+            nll_rows.append(_row_nll(block, row_targets[start : start + step]))
+        empty = hidden.new_empty((0, width))
+        values_np = torch.cat(values or [empty]).float().cpu().numpy()
+        ids_np = torch.cat(ids or [empty.long()]).to(torch.int32).cpu().numpy()
+        nll_np = torch.cat(nll_rows or [empty.new_empty(0).double()]).cpu().numpy()
+    if work is not None:
+        real = int(attention_mask.sum())
+        counted = sum(stop - start for start, stop in spans)
+        work.done.add(forward=attention_mask.numel(),
+                      head=counted if head.fast else attention_mask.numel())
+        work.floor.add(forward=real, head=counted)
+    out, row = [], 0
+    for start, stop in spans:
+        part = slice(row, row + stop - start)
+        row += stop - start
+        topk_ids, topk_logits = _pad_columns(ids_np[part], values_np[part], k)
+        out.append(RowsTopK(start, SampleTopK(topk_ids, topk_logits, float(nll_np[part].sum()))))
+    return out
+
+
 def iter_knowledge(
     model: torch.nn.Module,
     encoded_samples: Iterable[EncodedSample],
@@ -169,8 +251,14 @@ def iter_knowledge(
     batch_size: int,
     device: str | torch.device | None = None,
     progress: bool = True,
+    positions: Positions = "all",
+    head: SelectiveHead | None = None,
+    work: WorkLedger | None = None,
 ) -> Iterator[KnowledgeSample]:
-    """Knowledge of each sample, in input order, computed ``batch_size`` samples at a time.
+    """Knowledge of each sample, computed ``batch_size`` samples at a time.
+
+    A sequence of samples is processed longest first (batches then pad little); the samples
+    come out in that order, each with its ``sample_id``. Other iterables keep their order.
 
     Args:
         model: the causal LM (already on ``device``).
@@ -179,24 +267,31 @@ def iter_knowledge(
         batch_size: samples per forward pass (>= 1).
         device: where batches go; default: the device of the model's first parameter.
         progress: show a tqdm progress bar.
+        positions: ``"all"`` rows, or only the ``"answer"`` rows (see :func:`knowledge_spans`);
+            each sample's ``position_start`` says where its rows begin.
+        head: the model's :class:`SelectiveHead` (built and checked here when not given).
+        work: accumulates the model work done and its floor.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     target = torch.device(device) if device is not None else _model_device(model)
+    head = head or SelectiveHead.for_model(model)
     total = len(encoded_samples) if isinstance(encoded_samples, Sequence) else None
+    if isinstance(encoded_samples, Sequence):
+        encoded_samples = sorted(encoded_samples, key=lambda s: -len(s.input_ids))
     with tqdm(total=total, disable=not progress, unit="sample", desc="knowledge") as bar:
         for chunk in _batched(encoded_samples, batch_size):
             token_ids = [_as_int_array(s.input_ids, "input_ids", s.sample_id) for s in chunk]
             batch = collate(chunk, device=target)
-            for sample, ids, topk in zip(chunk, token_ids, extract_topk(model, batch, k),
-                                         strict=True):
+            found = extract_topk_rows(head, batch, k, positions, work)
+            for sample, ids, rows in zip(chunk, token_ids, found, strict=True):
                 yield KnowledgeSample(
                     sample_id=sample.sample_id,
                     token_ids=ids,
-                    topk_ids=topk.topk_ids,
-                    topk_logits=topk.topk_logits,
-                    position_start=0,
-                    loss=topk.answer_nll,
+                    topk_ids=rows.topk.topk_ids,
+                    topk_logits=rows.topk.topk_logits,
+                    position_start=rows.position_start,
+                    loss=rows.topk.answer_nll,
                 )
             bar.update(len(chunk))
 
@@ -332,6 +427,18 @@ def _block_nll(block: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     log_probs = torch.log_softmax(block.float(), dim=-1)
     picked = log_probs.gather(1, targets.clamp(min=0).unsqueeze(1)).squeeze(1)
     return -(picked.double() * scored).sum()
+
+
+def _row_nll(block: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """float64 [r]: -log p(target) of each row of ``block`` [r, V]; 0 where not scored."""
+    scored = targets != IGNORE_INDEX
+    out = torch.zeros(block.shape[0], dtype=torch.float64, device=block.device)
+    if bool(scored.any()):
+        rows = torch.nonzero(scored).squeeze(1)
+        log_probs = torch.log_softmax(block[rows].float(), dim=-1)
+        picked = log_probs.gather(1, targets[rows].unsqueeze(1)).squeeze(1)
+        out[rows] = -picked.double()
+    return out
 
 
 def _pad_columns(ids: np.ndarray, values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

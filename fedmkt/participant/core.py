@@ -33,9 +33,11 @@ from fedmkt.errors import FailedPrecondition, InvalidArgument, NotFound
 from fedmkt.knowledge.selection import Selection, select_teachers
 from fedmkt.knowledge.topk import iter_knowledge
 from fedmkt.models import adapters
+from fedmkt.models.heads import SelectiveHead
 from fedmkt.models.loading import load_model
 from fedmkt.models.lora import LoraSettings, apply_lora, count_parameters
 from fedmkt.models.registry import BUILTIN_MODELS
+from fedmkt.models.work import WorkLedger
 from fedmkt.participant.config import ParticipantConfig
 from fedmkt.participant.data import EncodedSplit, encode_split, load_local_data
 from fedmkt.participant.distill import (
@@ -135,6 +137,9 @@ class Participant:
                                                    target_modules=lora.target_modules))
         self.model.eval()
         self.device = next(self.model.parameters()).device
+        # The LM head only where logits are read (checked against the model's own forward).
+        self.head = SelectiveHead.for_model(self.model)
+        self.last_knowledge_work = WorkLedger()  # of the latest compute_knowledge stream
         self.pad_id = pad_id_for(self.tokenizer)
         self.tokenizer_info = describe(self.tokenizer, _tokenizer_label(config.model))
         self.vocab_size = len(self.tokenizer)
@@ -265,21 +270,23 @@ class Participant:
             folders = self._folders(run_id)
             start = folders.train_start(round_index)
             self._restore(start)
-            step = CrossEntropyStep(self.model, self.private, self.pad_id, self.device)
-            result = self._train(start, len(self.private), step,
+            step = CrossEntropyStep(self.head, self.private, self.pad_id, self.device)
+            result = self._train(start, self.private, step,
                                  self._options(epochs, round_index, PHASE_TRAIN),
                                  "train_local", progress, cancel)
             self._save(folders, round_index, after_train=True)
-        return {**result.metrics, "samples": float(len(self.private)), "epochs": float(epochs),
-                "steps": float(result.optimizer_steps)}
+        return {**result.metrics, **result.work.metrics(), "samples": float(len(self.private)),
+                "epochs": float(epochs), "steps": float(result.optimizer_steps)}
 
-    def _train(self, start: StateKey, count: int, step: Any, options: TrainOptions, name: str,
-               progress: ProgressFn | None, cancel: threading.Event | None) -> TrainResult:
+    def _train(self, start: StateKey, split: EncodedSplit, step: Any, options: TrainOptions,
+               name: str, progress: ProgressFn | None,
+               cancel: threading.Event | None) -> TrainResult:
         """Run the loop; on any failure (cancel included) put back the ``start`` adapter."""
         try:
             self._key = None  # the weights change from here on
-            return run_training(self.model, count, step, options, name=name,
-                                progress=progress, cancel=cancel)
+            return run_training(self.model, len(split), step, options, name=name,
+                                progress=progress, cancel=cancel,
+                                lengths=[len(enc) for enc in split.encoded])
         except BaseException:
             self._restore(start)
             raise
@@ -305,9 +312,16 @@ class Participant:
     def _knowledge(self, run_id: str, k: int) -> Iterator[KnowledgeSample]:
         with self._busy("compute_knowledge"):
             self._ensure_current(self._folders(run_id))
-            yield from iter_knowledge(self.model, self.public.encoded, k=k,
-                                      batch_size=self.config.eval_batch_size,
-                                      device=self.device, progress=sys.stderr.isatty())
+            self.last_knowledge_work = work = WorkLedger()
+            yield from self._public_pass(k, work)
+
+    def _public_pass(self, k: int, work: WorkLedger) -> Iterator[KnowledgeSample]:
+        """Top-k and answer NLL of every public sample with the current adapter, at the rows the
+        receivers read (``kd_positions``)."""
+        yield from iter_knowledge(self.model, self.public.encoded, k=k,
+                                  batch_size=self.config.eval_batch_size, device=self.device,
+                                  progress=sys.stderr.isatty(),
+                                  positions=self.config.kd_positions, head=self.head, work=work)
 
     def public_tokens(self) -> Iterator[tuple[str, np.ndarray]]:
         """``(sample_id, token_ids)`` of every public sample in this participant's tokenization."""
@@ -371,7 +385,8 @@ class Participant:
                     progress, cancel, opened)
             self._save(folders, round_index, after_train=False)
             folders.knowledge.prune(keep_from_round=round_index)
-        metrics = {**result.metrics, **selection_metrics(selection, names)}
+        metrics = {**result.metrics, **result.work.metrics(),
+                   **selection_metrics(selection, names)}
         metrics.update(epochs=float(epochs), steps=float(result.optimizer_steps),
                        student_nll=float(losses.mean()))
         return metrics
@@ -384,7 +399,9 @@ class Participant:
         """Student pass, selection, then training; returns (result, selection, losses)."""
         ids = self.public.ids()
         progress("student_loss", 0, len(ids), {})
-        student = self._student_pass(folders, run_id, round_index, strategy, cancel)
+        student_work = WorkLedger()
+        student = self._student_pass(folders, run_id, round_index, strategy, cancel,
+                                     student_work)
         progress("student_loss", len(ids), len(ids), {})
         losses = np.array([student[i] for i in ids], dtype=np.float64)
         selection = select_teachers(losses, teacher_losses(teachers, ids),
@@ -394,11 +411,12 @@ class Participant:
         if strategy == "fate":
             weights = selection.weights_with_self()
             sources.append(opened.enter_context(self._open(folders, round_index, SELF_SOURCE)))
-        step = DistillStep(self.model, self.public, sources, weights, settings, self.pad_id,
+        step = DistillStep(self.head, self.public, sources, weights, settings, self.pad_id,
                            self.device)
-        result = self._train(start, len(ids), step,
+        result = self._train(start, self.public, step,
                              self._options(epochs, round_index, PHASE_DISTILL), "distill",
                              progress, cancel)
+        result.work += student_work
         return result, selection, losses
 
     def _open(self, folders: RunFolders, round_index: int, source: str) -> StagedKnowledge:
@@ -407,15 +425,11 @@ class Participant:
                                       known_ids=self.public_token_ids)
 
     def _student_pass(self, folders: RunFolders, run_id: str, round_index: int, strategy: str,
-                      cancel: threading.Event | None) -> dict[str, float]:
+                      cancel: threading.Event | None, work: WorkLedger) -> dict[str, float]:
         """The student's answer NLL per public sample; for ``fate`` also stages its top-k."""
         losses: dict[str, float] = {}
         k = self.config.top_k if strategy == "fate" else 1
-        samples = collect_losses(
-            iter_knowledge(self.model, self.public.encoded, k=k,
-                           batch_size=self.config.eval_batch_size, device=self.device,
-                           progress=sys.stderr.isatty()),
-            losses, cancel)
+        samples = collect_losses(self._public_pass(k, work), losses, cancel)
         if strategy == "fate":
             header = knowledge_pb2.KnowledgeHeader(
                 run_id=run_id, round=round_index, source=self.config.name,
@@ -447,13 +461,17 @@ class Participant:
             metrics = self._score(data)
             progress("evaluate", 1, 2, metrics)
             nll: dict[str, float] = {}
+            work = WorkLedger()
             for _ in collect_losses(iter_knowledge(self.model, data.encoded, k=1,
                                                    batch_size=self.config.eval_batch_size,
-                                                   device=self.device, progress=False),
+                                                   device=self.device, progress=False,
+                                                   positions="answer", head=self.head,
+                                                   work=work),
                                     nll, cancel):
                 pass
         metrics["nll"] = float(np.mean(list(nll.values())))
         metrics["n"] = float(len(data))
+        metrics.update(work.metrics())
         return metrics
 
     def _score(self, data: EncodedSplit) -> dict[str, float]:

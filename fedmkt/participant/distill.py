@@ -19,8 +19,10 @@ import numpy as np
 import torch
 
 from fedmkt.data.tokenize import IGNORE_INDEX, collate
-from fedmkt.knowledge.kd_loss import TeacherTargets, combined_loss
+from fedmkt.knowledge.kd_loss import TeacherTargets, combined_loss_at
 from fedmkt.knowledge.selection import Selection
+from fedmkt.models.heads import SelectiveHead, compact_positions
+from fedmkt.models.work import WorkLedger
 from fedmkt.participant.data import EncodedSplit
 from fedmkt.participant.staging import StagedKnowledge
 from fedmkt.participant.training import Cancelled, StepOutput
@@ -116,7 +118,7 @@ class DistillStep:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        head: SelectiveHead,
         split: EncodedSplit,
         teachers: Sequence[StagedKnowledge],
         weights: np.ndarray,
@@ -124,7 +126,7 @@ class DistillStep:
         pad_id: int,
         device: torch.device,
     ) -> None:
-        self.model = model
+        self.head = head
         self.split = split
         self.teachers = list(teachers)
         self.weights = np.asarray(weights, dtype=np.float32)  # [N, T]
@@ -133,8 +135,7 @@ class DistillStep:
         self.device = device
 
     def __call__(self, indices: Sequence[int]) -> StepOutput:
-        encoded, batch, logits = forward_batch(self.model, self.split, indices, self.pad_id,
-                                               self.device)
+        encoded, batch = collate_batch(self.split, indices, self.pad_id, self.device)
         length = batch["input_ids"].shape[1]
         weights = self.weights[list(indices)]
         sample_ids = [enc.sample_id for enc in encoded]
@@ -145,35 +146,78 @@ class DistillStep:
             if keep is not None:
                 target = TeacherTargets(target.ids, target.logits, target.mask & keep)
             targets.append(target)
-        result = combined_loss(logits, batch["labels"], targets, weights,
-                               kd_alpha=self.settings.kd_alpha,
-                               temperature=self.settings.temperature,
-                               kind=self.settings.kind)  # type: ignore[arg-type]
-        return StepOutput(result.loss, result.metrics())
+        rows = forward_rows(self.head, batch, [t.mask for t in targets])
+        result = combined_loss_at(rows.logits, rows.next_token,
+                                  [rows.take_teacher(t) for t in targets], weights,
+                                  kd_alpha=self.settings.kd_alpha,
+                                  temperature=self.settings.temperature,
+                                  kind=self.settings.kind)  # type: ignore[arg-type]
+        return StepOutput(result.loss, result.metrics(), rows.work)
 
 
-def forward_batch(model: torch.nn.Module, split: EncodedSplit, indices: Sequence[int],
-                  pad_id: int, device: torch.device):
-    """The encoded samples at ``indices``, their collated batch on ``device``, and the logits."""
+def collate_batch(split: EncodedSplit, indices: Sequence[int], pad_id: int,
+                  device: torch.device) -> tuple[list, dict[str, torch.Tensor]]:
+    """The encoded samples at ``indices`` and their right-padded batch on ``device``."""
     encoded = [split.encoded[i] for i in indices]
-    batch = {k: v.to(device) for k, v in collate(encoded, pad_id).items()}
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return encoded, batch, logits
+    return encoded, {k: v.to(device) for k, v in collate(encoded, pad_id).items()}
+
+
+@dataclass
+class LossRows:
+    """The student's logits at the rows a loss reads (see ``fedmkt.models.heads``).
+
+    ``logits`` [B, K, V] at positions ``index`` [B, K]; ``valid`` marks real rows (the rest pad
+    the batch); ``next_token`` [B, K] is the label each row predicts (-100 where not scored)."""
+
+    logits: torch.Tensor
+    index: torch.Tensor
+    valid: torch.Tensor
+    next_token: torch.Tensor
+    work: WorkLedger
+
+    def take_teacher(self, target: TeacherTargets) -> TeacherTargets:
+        """A teacher's [B, L, ...] targets at the same rows; padding rows carry no knowledge."""
+        k = target.ids.shape[-1]
+        at = self.index.unsqueeze(-1).expand(-1, -1, k)
+        return TeacherTargets(target.ids.gather(1, at), target.logits.gather(1, at),
+                              target.mask.gather(1, self.index) & self.valid)
+
+
+def forward_rows(head: SelectiveHead, batch: dict[str, torch.Tensor],
+                 extra_masks: Sequence[torch.Tensor] = ()) -> LossRows:
+    """The forward pass of a training micro-batch with the LM head only at the rows that CE
+    (positions predicting a label) or a teacher mask in ``extra_masks`` reads, and its work: the
+    body runs forward and backward over the padded batch; the floor is its real tokens."""
+    labels, attention = batch["labels"], batch["attention_mask"]
+    next_token = torch.full_like(labels, IGNORE_INDEX)
+    next_token[:, :-1] = labels[:, 1:]
+    wanted = next_token != IGNORE_INDEX
+    for mask in extra_masks:
+        wanted |= mask.bool()
+    index, valid = compact_positions(wanted)
+    logits = head.logits_at(batch["input_ids"], attention, index)
+    work = WorkLedger()
+    padded, real = labels.numel(), int(attention.sum())
+    work.done.add(forward=padded, backward=padded,
+                  head=index.numel() if head.fast else padded)
+    work.floor.add(forward=real, backward=real, head=int(wanted.sum()))
+    return LossRows(logits, index, valid,
+                    next_token.gather(1, index).masked_fill(~valid, IGNORE_INDEX), work)
 
 
 class CrossEntropyStep:
     """The plain cross-entropy loss of one micro-batch (local fine-tuning on private data)."""
 
-    def __init__(self, model: torch.nn.Module, split: EncodedSplit, pad_id: int,
+    def __init__(self, head: SelectiveHead, split: EncodedSplit, pad_id: int,
                  device: torch.device) -> None:
-        self.model = model
+        self.head = head
         self.split = split
         self.pad_id = pad_id
         self.device = device
 
     def __call__(self, indices: Sequence[int]) -> StepOutput:
-        encoded, batch, logits = forward_batch(self.model, self.split, indices, self.pad_id,
-                                               self.device)
+        encoded, batch = collate_batch(self.split, indices, self.pad_id, self.device)
+        rows = forward_rows(self.head, batch)
         weights = torch.zeros((len(encoded), 0), device=self.device)
-        result = combined_loss(logits, batch["labels"], [], weights)
-        return StepOutput(result.loss, {"ce": float(result.ce.mean())})
+        result = combined_loss_at(rows.logits, rows.next_token, [], weights)
+        return StepOutput(result.loss, {"ce": float(result.ce.mean())}, rows.work)

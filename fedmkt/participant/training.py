@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fedmkt.errors import FedmktError
+from fedmkt.models.work import WorkLedger
 
 ProgressFn = Callable[[str, int, int, dict[str, float]], None]
 """``progress(step, completed, total, metrics)``; called from the worker thread."""
@@ -48,6 +49,7 @@ class TrainOptions:
     warmup_ratio: float = 0.0
     grad_clip: float = 1.0  # 0 = off
     seed: int = 0
+    group_by_length: bool = True  # batches of similar lengths: little padding, same epochs
 
 
 @dataclass
@@ -57,15 +59,18 @@ class StepOutput:
 
     loss: torch.Tensor
     metrics: dict[str, float] = field(default_factory=dict)
+    work: WorkLedger | None = None  # model work of the micro-batch (summed, not averaged)
 
 
 @dataclass
 class TrainResult:
-    """Mean metrics of the last epoch, per-epoch mean loss, and counts."""
+    """Mean metrics of the last epoch, per-epoch mean loss, counts, and the model work of
+    all epochs."""
 
     metrics: dict[str, float]
     epoch_losses: list[float]
     optimizer_steps: int
+    work: WorkLedger = field(default_factory=WorkLedger)
 
 
 def seed_everything(seed: int) -> None:
@@ -91,10 +96,31 @@ def lr_at(step: int, total: int, base: float, warmup: int) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def micro_batches(count: int, batch_size: int, generator: torch.Generator) -> list[list[int]]:
-    """A shuffled order of ``range(count)`` cut into micro-batches of ``batch_size``."""
+GROUP_WINDOW = 16  # micro-batches whose samples are sorted by length together
+
+
+def micro_batches(count: int, batch_size: int, generator: torch.Generator,
+                  lengths: Sequence[int] | None = None) -> list[list[int]]:
+    """A shuffled order of ``range(count)`` cut into micro-batches of ``batch_size``.
+
+    With ``lengths``, samples are grouped by length (as Hugging Face's ``group_by_length``):
+    the shuffled order is cut into windows of ``GROUP_WINDOW`` micro-batches, each window is
+    sorted by length (longest first) and cut into micro-batches, and the order of all the
+    micro-batches is shuffled again. Every sample is still seen once per epoch in a seeded random
+    batch order, but a batch pads its samples only to lengths close to their own.
+    """
     order = torch.randperm(count, generator=generator).tolist()
-    return [order[i : i + batch_size] for i in range(0, count, batch_size)]
+    if lengths is None:
+        return [order[i : i + batch_size] for i in range(0, count, batch_size)]
+    if len(lengths) != count:
+        raise ValueError(f"lengths has {len(lengths)} entries for {count} samples")
+    window = batch_size * GROUP_WINDOW
+    batches = []
+    for start in range(0, count, window):
+        part = sorted(order[start : start + window], key=lambda i: -lengths[i])
+        batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    shuffled = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in shuffled]
 
 
 def _autocast(device: torch.device):
@@ -117,9 +143,12 @@ def run_training(
     name: str = "train",
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
+    lengths: Sequence[int] | None = None,
 ) -> TrainResult:
     """Train ``model``'s trainable parameters on ``num_items`` items (indices passed to
-    ``step_fn`` in seeded shuffled micro-batches) for ``options.epochs`` epochs."""
+    ``step_fn`` in seeded shuffled micro-batches) for ``options.epochs`` epochs.
+
+    ``lengths`` (tokens per item) lets ``options.group_by_length`` batch similar lengths."""
     if num_items < 1:
         raise ValueError(f"{name}: nothing to train on (0 samples)")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -134,17 +163,19 @@ def run_training(
     warmup = math.ceil(options.warmup_ratio * total)
     device = next(iter(params)).device
     step, epoch_losses, epoch_metrics = 0, [], {}
+    work = WorkLedger()
+    grouped = lengths if options.group_by_length else None
     model.train()
     bar = tqdm(total=total, desc=name, unit="step", disable=not sys.stderr.isatty())
     try:
         for _epoch in range(options.epochs):
-            batches = micro_batches(num_items, options.batch_size, order)
+            batches = micro_batches(num_items, options.batch_size, order, grouped)
             sums: dict[str, float] = {}
             for start in range(0, len(batches), options.grad_accum):
                 group = batches[start : start + options.grad_accum]
                 metrics = _optimizer_step(model, params, optimizer, group, step_fn, options,
                                           lr_at(step, total, options.learning_rate, warmup),
-                                          device, cancel)
+                                          device, cancel, work)
                 step += 1
                 for key, value in metrics.items():
                     sums[key] = sums.get(key, 0.0) + value
@@ -158,7 +189,7 @@ def run_training(
         bar.close()
         optimizer.zero_grad(set_to_none=True)
         model.eval()
-    return TrainResult(epoch_metrics, epoch_losses, step)
+    return TrainResult(epoch_metrics, epoch_losses, step, work)
 
 
 def _optimizer_step(
@@ -171,6 +202,7 @@ def _optimizer_step(
     lr: float,
     device: torch.device,
     cancel: threading.Event | None,
+    work: WorkLedger,
 ) -> dict[str, float]:
     """Accumulate gradients over the micro-batches of ``group`` (weighted by their sizes), then
     clip and take one AdamW step. Returns the group's sample-weighted mean metrics."""
@@ -181,6 +213,8 @@ def _optimizer_step(
         with _autocast(device):
             out = step_fn(batch)
         share = len(batch) / samples
+        if out.work is not None:
+            work += out.work
         (out.loss * share).backward()
         sums["loss"] = sums.get("loss", 0.0) + float(out.loss.detach()) * share
         for key, value in out.metrics.items():
