@@ -126,8 +126,14 @@ def test_projection_with_a_position_window(surface, mistral, gpt2):
     full = surface.project(src, tgt, ids, logits, 0, 4)
     window = surface.project(src, tgt, ids[5:10], logits[5:10], 5, 4)
     assert 0 < window.aligned < full.aligned
-    # Every row aligned in the window is aligned the same way with all rows sent.
-    assert (full.topk_ids[window.aligned_mask] == window.topk_ids[window.aligned_mask]).all()
+    # Only the student rows the sent rows reach are returned, from window.position_start on,
+    # and every row aligned in the window is aligned the same way with all rows sent.
+    start, rows = window.position_start, window.positions
+    assert 0 < start and start + rows < len(tgt) - 1
+    assert rows == window.aligned + window.fallback == len(window.topk_ids)
+    same = full.topk_ids[start : start + rows]
+    assert (same[window.aligned_mask] == window.topk_ids[window.aligned_mask]).all()
+    assert (full.aligned_mask[start : start + rows] >= window.aligned_mask).all()
 
 
 def test_both_directions(mistral, gpt2):

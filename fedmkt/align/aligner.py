@@ -26,7 +26,7 @@ from fedmkt.align.canonical import (
     surface_vocab,
     word_boundary_marker,
 )
-from fedmkt.align.projection import Projection, project_topk
+from fedmkt.align.projection import Projection, project_topk, reached_rows
 from fedmkt.align.sequence import Path, dtw_align, offsets_align
 from fedmkt.align.vocab_map import vocab_map_for
 from fedmkt.errors import InvalidArgument
@@ -207,7 +207,7 @@ class TokenAligner:
         tgt = self.target.ids(target_ids, "target_ids")
         path = self._path(src, tgt)
         try:
-            return project_topk(
+            projection = project_topk(
                 src, tgt, topk_ids, topk_logits, position_start, path, self.vocab_map,
                 self.source.canonical[src], self.target.canonical[tgt], k_out,
             )
@@ -215,6 +215,7 @@ class TokenAligner:
             raise
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from exc
+        return projection.within(reached_rows(path, position_start, len(topk_ids), len(tgt)))
 
 
 def _tokenize(tokenizer: Any, text: str,

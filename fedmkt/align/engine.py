@@ -218,7 +218,7 @@ class AlignmentEngine:
             token_ids=np.asarray(target_ids, dtype=np.int32),
             topk_ids=proj.topk_ids,
             topk_logits=proj.topk_logits,
-            position_start=0,
+            position_start=proj.position_start,
             loss=sample.loss,
             stats=SampleStats(positions=proj.positions, aligned=proj.aligned,
                               fallback=proj.fallback),

@@ -47,6 +47,37 @@ class Projection:
     aligned: int
     fallback: int
     positions: int
+    position_start: int = 0  # the student position of row 0 (see ``within``)
+
+    def within(self, rows: tuple[int, int]) -> Projection:
+        """Only the student rows ``[start, stop)`` (relative to this projection), with their
+        counts: a teacher that sent only some rows (the answer's, say) reaches only the student
+        rows aligned to them, and the rows outside are neither projected nor fallbacks."""
+        start, stop = rows
+        if (start, stop) == (0, len(self.topk_ids)):
+            return self
+        mask = self.aligned_mask[start:stop]
+        aligned = int(mask.sum())
+        return Projection(self.topk_ids[start:stop], self.topk_logits[start:stop], mask,
+                          aligned, (stop - start) - aligned, stop - start,
+                          self.position_start + start)
+
+
+def reached_rows(path: Sequence[tuple[int, int]] | np.ndarray, position_start: int,
+                 sent_rows: int, student_length: int) -> tuple[int, int]:
+    """The student rows ``[start, stop)`` that a teacher's rows ``[position_start,
+    position_start + sent_rows)`` can reach: from the first to the last student position whose
+    next token the path pairs with the next token of a sent row. All rows when the teacher sent
+    rows from its first position on (nothing was left out before them) and up to its last, or
+    when no row is reached (the sample is then all fallbacks, as before)."""
+    rows = max(student_length - 1, 0)
+    pairs = np.asarray(path, dtype=np.int64).reshape(-1, 2)
+    teacher_row = pairs[:, 0] - 1 - position_start
+    sent = (teacher_row >= 0) & (teacher_row < sent_rows) & (pairs[:, 1] >= 1)
+    if position_start == 0 or not sent.any():
+        return 0, rows
+    student_rows = pairs[sent, 1] - 1
+    return int(student_rows.min()), min(rows, int(student_rows.max()) + 1)
 
 
 @dataclass(frozen=True)
