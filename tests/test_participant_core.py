@@ -390,3 +390,31 @@ def test_fetching_a_missing_round_is_not_found(client) -> None:
     client.train_local("run-fetch", 0)
     with pytest.raises(NotFound):
         client.fetch_adapter(9)
+
+
+def test_distill_reuses_the_losses_its_knowledge_stream_computed(server) -> None:
+    """The server's knowledge of round r and its distillation of round r + 1 see the same
+    adapter: the student pass reads the stream's losses instead of running the data again."""
+    n = len(server.public)
+    teacher = with_losses(own_knowledge(server, "run-fresh", 0), [0.5] * n)
+    for run in ("run-fresh", "run-reuse"):  # the same teacher for both runs
+        server.receive_knowledge(run, 0, stream(teacher, run=run, round_index=0,
+                                                source="client-0",
+                                                fingerprint=_fingerprint(server)))
+    fresh = server.distill("run-fresh", 0)
+
+    knowledge = list(server.compute_knowledge("run-reuse", 0).samples)  # with the initial adapter
+    reused = server.distill("run-reuse", 0)
+    assert reused["selected/client-0"] == fresh["selected/client-0"] > 0
+    assert reused["student_nll"] == pytest.approx(fresh["student_nll"], rel=1e-6)
+    from fedmkt.models import adapters
+
+    got = adapters.state_dict_from_bytes(server.fetch_adapter(0, "run-reuse").data)
+    want = adapters.state_dict_from_bytes(server.fetch_adapter(0, "run-fresh").data)
+    assert got.keys() == want.keys()
+    for name, tensor in want.items():
+        torch.testing.assert_close(got[name], tensor, rtol=0, atol=0)
+    pass_tokens = server.last_knowledge_work.done.forward_tokens
+    assert pass_tokens >= sum(len(s.token_ids) for s in knowledge)
+    assert fresh["work/forward_tokens"] - reused["work/forward_tokens"] == pass_tokens
+    assert reused["work/backward_tokens"] == fresh["work/backward_tokens"] > 0

@@ -140,6 +140,8 @@ class Participant:
         # The LM head only where logits are read (checked against the model's own forward).
         self.head = SelectiveHead.for_model(self.model)
         self.last_knowledge_work = WorkLedger()  # of the latest compute_knowledge stream
+        # (run, adapter, answer NLL per public sample) of the latest whole knowledge stream
+        self._public_losses: tuple[str, StateKey, dict[str, float]] | None = None
         self.pad_id = pad_id_for(self.tokenizer)
         self.tokenizer_info = describe(self.tokenizer, _tokenizer_label(config.model))
         self.vocab_size = len(self.tokenizer)
@@ -313,7 +315,11 @@ class Participant:
         with self._busy("compute_knowledge"):
             self._ensure_current(self._folders(run_id))
             self.last_knowledge_work = work = WorkLedger()
-            yield from self._public_pass(k, work)
+            losses: dict[str, float] = {}
+            yield from collect_losses(self._public_pass(k, work), losses)
+            # The student pass of a later distill with this same adapter reads these losses
+            # instead of running the public data again (only once the stream is whole).
+            self._public_losses = (run_id, self._key, losses) if self._key else None
 
     def _public_pass(self, k: int, work: WorkLedger) -> Iterator[KnowledgeSample]:
         """Top-k and answer NLL of every public sample with the current adapter, at the rows the
@@ -387,8 +393,9 @@ class Participant:
             folders.knowledge.prune(keep_from_round=round_index)
         metrics = {**result.metrics, **result.work.metrics(),
                    **selection_metrics(selection, names)}
-        metrics.update(epochs=float(epochs), steps=float(result.optimizer_steps),
-                       student_nll=float(losses.mean()))
+        metrics.update(epochs=float(epochs), steps=float(result.optimizer_steps))
+        if strategy != "none":
+            metrics["student_nll"] = float(losses.mean())
         return metrics
 
     def _distill(self, folders: RunFolders, run_id: str, round_index: int,
@@ -398,12 +405,15 @@ class Participant:
                  ) -> tuple[TrainResult, Selection, np.ndarray]:
         """Student pass, selection, then training; returns (result, selection, losses)."""
         ids = self.public.ids()
-        progress("student_loss", 0, len(ids), {})
         student_work = WorkLedger()
-        student = self._student_pass(folders, run_id, round_index, strategy, cancel,
-                                     student_work)
-        progress("student_loss", len(ids), len(ids), {})
-        losses = np.array([student[i] for i in ids], dtype=np.float64)
+        if strategy == "none":  # no teacher: CE only, the student's losses are not needed
+            losses = np.zeros(len(ids))  # unused: no teacher is ever selected
+        else:
+            progress("student_loss", 0, len(ids), {})
+            student = self._student_pass(folders, run_id, round_index, strategy, cancel,
+                                         student_work)
+            progress("student_loss", len(ids), len(ids), {})
+            losses = np.array([student[i] for i in ids], dtype=np.float64)
         selection = select_teachers(losses, teacher_losses(teachers, ids),
                                     "dualmince" if strategy == "none" else strategy,
                                     self.config.selection_temperature)
@@ -426,7 +436,14 @@ class Participant:
 
     def _student_pass(self, folders: RunFolders, run_id: str, round_index: int, strategy: str,
                       cancel: threading.Event | None, work: WorkLedger) -> dict[str, float]:
-        """The student's answer NLL per public sample; for ``fate`` also stages its top-k."""
+        """The student's answer NLL per public sample; for ``fate`` also stages its top-k.
+
+        When this adapter's knowledge stream of this run already produced the losses, they are
+        reused (the same model state on the same data: DESIGN §11, nothing recomputed)."""
+        cached = self._public_losses
+        if (strategy != "fate" and cached is not None and cached[0] == run_id
+                and cached[1] == self._key and len(cached[2]) == len(self.public)):
+            return dict(cached[2])
         losses: dict[str, float] = {}
         k = self.config.top_k if strategy == "fate" else 1
         samples = collect_losses(self._public_pass(k, work), losses, cancel)
