@@ -154,11 +154,14 @@ class PushResult:
 
 class KnowledgeStream(Protocol):
     """The chunks of ``ComputeKnowledge``; after exhaustion ``compute_seconds()`` gives the
-    model compute time the participant reported (None when it reported none)."""
+    model compute time the participant reported (None when it reported none), and
+    ``work_metrics()`` its model work (``work/…`` and ``floor/…`` counts; empty when none)."""
 
     def __iter__(self) -> Iterator[knowledge_pb2.KnowledgeChunk]: ...
 
     def compute_seconds(self) -> float | None: ...
+
+    def work_metrics(self) -> dict[str, float]: ...
 
 
 class ParticipantClient(Protocol):

@@ -77,6 +77,7 @@ class FanOutResult:
     source_error: BaseException | None = None
     source_compute: float = 0.0  # seconds of model compute on the source
     source_samples: int = 0
+    source_work: dict[str, float] = field(default_factory=dict)  # its model work, if reported
 
 
 class _SourceFailed(Exception):
@@ -227,7 +228,7 @@ def fan_out(
         pipes.append((pipe, thread))
         thread.start()
     try:
-        out.source_compute, out.source_samples = _pump(
+        out.source_compute, out.source_samples, out.source_work = _pump(
             source, run_id, round, settings, [p.feed for p, _ in pipes], source_opts)
     except BaseException as exc:  # noqa: BLE001 - the source failed: tell every pipe
         out.source_error = exc
@@ -246,9 +247,9 @@ def fan_out(
 
 
 def _pump(source: ParticipantClient, run_id: str, round: int, settings: AlignSettings,
-          feeds: list[_Feed], opts: CallOptions) -> tuple[float, int]:
+          feeds: list[_Feed], opts: CallOptions) -> tuple[float, int, dict[str, float]]:
     """Read the source stream once, handing every chunk to every open pipe. Returns the
-    source's compute seconds and how many samples it sent."""
+    source's compute seconds, how many samples it sent, and the model work it reported."""
     stream = source.compute_knowledge(run_id, round, settings.top_k, settings.logit_dtype, opts)
     waited, samples = 0.0, 0
     chunks = iter(stream)
@@ -268,7 +269,8 @@ def _pump(source: ParticipantClient, run_id: str, round: int, settings: AlignSet
     for feed in feeds:
         feed.put(_END, opts)
     reported = stream.compute_seconds()
-    return (waited if reported is None else reported), samples
+    work = getattr(stream, "work_metrics", dict)()
+    return (waited if reported is None else reported), samples, work
 
 
 def _close(iterator: Iterator) -> None:

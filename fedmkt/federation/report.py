@@ -23,6 +23,7 @@ from typing import Any
 from fedmkt.config import FederationConfig, Scenario
 from fedmkt.federation import events as ev
 from fedmkt.federation.events import Event
+from fedmkt.federation.work_report import work_rows, work_section
 
 PRIMARY_METRICS = ("acc", "accuracy", "acc_norm", "rouge_l")
 OVERHEAD_TARGET = 0.15
@@ -186,6 +187,8 @@ def summarize(config: FederationConfig, fedmkt: RunOutcome, baseline: RunOutcome
                                    if pipes else None),
         },
         "selection": selections(fedmkt.events),
+        "work": {"FedMKT": work_rows(fedmkt.events),
+                 "baseline": work_rows(baseline.events) if baseline is not None else []},
         "drops": [{"round": e.round, "participant": e.participant, "message": e.message}
                   for e in fedmkt.events if e.kind == ev.PARTICIPANT_DROPPED],
         "adapters": adapters or {},
@@ -268,6 +271,7 @@ def render_markdown(summary: dict[str, Any], plot_file: str | None = None) -> st
     lines += _evaluation_table(summary)
     lines += _selection_table(summary)
     lines += _timing_section(summary)
+    lines += work_section(summary.get("work", {}))
     if summary["drops"]:
         lines += ["", "## Dropped participants", ""]
         lines += [f"- round {d['round']}: {d['message']}" for d in summary["drops"]]

@@ -496,7 +496,7 @@ class RunExecutor:
             raise RunFailed(f"round {phase.round}: the server's knowledge stream failed: "
                             f"{result.source_error}") from result.source_error
         wall = time.perf_counter() - started
-        outcomes = []
+        outcomes, work_counted = [], False
         for lane in lanes:
             outcome = LaneOutcome(lane.participant)
             if lane.participant in result.failures:
@@ -506,8 +506,11 @@ class RunExecutor:
                     error = _deadline(lane.participant)
                 outcome.error = error
             else:
-                record = self._complete(lane.steps[0], _pipe_outcome(result, lane.participant),
+                record = self._complete(lane.steps[0],
+                                        _pipe_outcome(result, lane.participant,
+                                                      with_work=not work_counted),
                                         started_wall, wall)
+                work_counted = True
                 outcome.compute = _compute_of(record)
             outcomes.append(outcome)
         return outcomes
@@ -548,14 +551,18 @@ def _compute_of(record: StepRecord) -> float:
     return record.wall_seconds if record.compute_seconds is None else record.compute_seconds
 
 
-def _pipe_outcome(result: FanOutResult, destination: str) -> StepOutcome:
+def _pipe_outcome(result: FanOutResult, destination: str, *,
+                  with_work: bool = True) -> StepOutcome:
+    """A delivered stream as a step's outcome; ``with_work`` adds the source's model work (a
+    stream fanned out to several destinations counts it with the first only)."""
     pipe = result.results[destination]
     share = pipe.aligned / pipe.positions if pipe.positions else 0.0
+    work = result.source_work if with_work else {}
     return StepOutcome(
         metrics={"samples": float(pipe.samples), "positions": float(pipe.positions),
                  "aligned": float(pipe.aligned), "fallback": float(pipe.fallback),
                  "aligned_share": share, "bytes": float(pipe.bytes),
-                 "chunks": float(pipe.chunks)},
+                 "chunks": float(pipe.chunks), **work},
         artefacts={"digest": pipe.digest, "samples": pipe.samples},
         compute_seconds=result.source_compute,
     )

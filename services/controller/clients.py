@@ -10,6 +10,7 @@ service. ``connect(config)`` opens one channel per endpoint (TLS/mTLS when the c
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,6 +43,7 @@ MAX_MESSAGE_BYTES = 64 << 20
 ADAPTER_CHUNK_BYTES = 1 << 20
 MAX_ADAPTER_BYTES = 1 << 30
 COMPUTE_SECONDS_METADATA = "fedmkt-compute-seconds"
+WORK_METADATA = "fedmkt-work"
 RUN_ID_METADATA = "fedmkt-run-id"
 ROUND_METADATA = "fedmkt-round"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -126,11 +128,13 @@ def _progress(message: participant_pb2.Progress) -> ProgressUpdate:
 
 
 class GrpcKnowledgeStream:
-    """ComputeKnowledge chunks; ``compute_seconds()`` from the trailing metadata, if sent."""
+    """ComputeKnowledge chunks; ``compute_seconds()`` and ``work_metrics()`` from the trailing
+    metadata, if sent (a malformed trailer is ignored: it only feeds the report)."""
 
     def __init__(self, who: str, opts: CallOptions, start: Callable[[float | None], Any]):
         self._who, self._opts, self._start = who, opts, start
         self._compute: float | None = None
+        self._work: dict[str, float] = {}
 
     def __iter__(self) -> Iterator[knowledge_pb2.KnowledgeChunk]:
         return _stream(self._who, self._opts, self._start, on_end=self._read_trailer)
@@ -144,9 +148,41 @@ class GrpcKnowledgeStream:
                     continue
                 if math.isfinite(seconds) and seconds >= 0:
                     self._compute = seconds
+            elif key == WORK_METADATA:
+                self._work = parse_work(value)
 
     def compute_seconds(self) -> float | None:
         return self._compute
+
+    def work_metrics(self) -> dict[str, float]:
+        return dict(self._work)
+
+
+MAX_WORK_TRAILER = 4096
+
+
+def parse_work(value: str) -> dict[str, float]:
+    """The ``work/…`` and ``floor/…`` counts of a ComputeKnowledge trailer: only known names
+    with finite, non-negative numbers; anything else gives {}."""
+    from fedmkt.models.work import FIELDS
+
+    if not isinstance(value, str) or len(value) > MAX_WORK_TRAILER:
+        return {}
+    try:
+        data = json.loads(value)
+    except ValueError:
+        return {}
+    allowed = {f"{kind}/{name}" for kind in ("work", "floor") for name in FIELDS}
+    if not isinstance(data, dict) or not set(data) <= allowed:
+        return {}
+    out = {}
+    for key, number in data.items():
+        if isinstance(number, bool) or not isinstance(number, int | float):
+            return {}
+        if not math.isfinite(number) or number < 0:
+            return {}
+        out[key] = float(number)
+    return out
 
 
 class GrpcParticipant:

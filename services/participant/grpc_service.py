@@ -13,6 +13,7 @@ adapters in chunks of at most 1 MiB. Errors raised by the core map to gRPC statu
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import queue
 import threading
@@ -45,6 +46,7 @@ PUBLIC_TOKENS_PER_CHUNK = 256
 RUN_ID_METADATA = "fedmkt-run-id"
 ROUND_METADATA = "fedmkt-round"
 COMPUTE_SECONDS_METADATA = "fedmkt-compute-seconds"  # trailer of ComputeKnowledge
+WORK_METADATA = "fedmkt-work"  # trailer of ComputeKnowledge: JSON {"work/…": n, "floor/…": n}
 
 ROLES = {"server": participant_pb2.ROLE_SERVER, "client": participant_pb2.ROLE_CLIENT}
 LOGIT_DTYPES = {
@@ -57,6 +59,10 @@ LOGIT_DTYPES = {
 STEP_LOSS = Gauge("fedmkt_participant_loss", "Mean loss of the last finished call",
                   ["participant", "step"])
 ROUND = Gauge("fedmkt_participant_round", "Round of the last finished call", ["participant"])
+MODEL_WORK = Counter("fedmkt_participant_model_work_total",
+                     "Model work of finished calls (tokens forward/backward, LM-head positions): "
+                     "what was done and the algorithm's floor", ["participant", "step", "kind",
+                                                                 "measure"])
 KNOWLEDGE_SAMPLES = Counter("fedmkt_participant_knowledge_samples_total",
                             "Knowledge samples sent or staged", ["participant", "direction"])
 
@@ -141,6 +147,11 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
         ROUND.labels(self.name).set(round_index)
         if "loss" in metrics:
             STEP_LOSS.labels(self.name, step).set(metrics["loss"])
+        for key, value in metrics.items():
+            kind, _, measure = key.partition("/")
+            if kind in ("work", "floor") and measure and value >= 0:
+                MODEL_WORK.labels(self.name, step, "done" if kind == "work" else "floor",
+                                  measure).inc(value)
 
     # ------------------------------------------------------------------ RPCs
 
@@ -205,7 +216,10 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
             for chunk in chunk_knowledge(timed, out.header, logit_dtype=out.logit_dtype):
                 KNOWLEDGE_SAMPLES.labels(self.name, "sent").inc(len(chunk.samples))
                 yield chunk
-            context.set_trailing_metadata(((COMPUTE_SECONDS_METADATA, f"{timed.seconds:.3f}"),))
+            work = self.participant.last_knowledge_work.metrics()
+            self._record("compute_knowledge", round_index, work)
+            context.set_trailing_metadata(((COMPUTE_SECONDS_METADATA, f"{timed.seconds:.3f}"),
+                                           (WORK_METADATA, json.dumps(work))))
         finally:
             out.samples.close()  # releases the participant if the caller went away
 
