@@ -44,6 +44,7 @@ from fedmkt.federation.events import Event
 from fedmkt.federation.interfaces import CallOptions, CancelScope
 from fedmkt.federation.participants import participant_config
 from fedmkt.federation.report import RunOutcome, summarize, write_report
+from fedmkt.federation.threads import thread_env, thread_plan
 from fedmkt.federation.view import RunView
 from fedmkt.wire.v1 import controller_pb2, controller_pb2_grpc
 
@@ -328,14 +329,13 @@ class EmbeddedRun:
                         (controller, "fedmkt.v1.ControllerService")]
         participants = []
         kind = folder.name
+        threads = thread_plan(self.config)
         for spec in self.config.participants:
             values = participant_config(self.config, spec.name, folder / "state" / spec.name)
             path = folder / "participants" / f"{spec.name}.yaml"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(yaml.safe_dump(values, sort_keys=False))
-            env = {}
-            if spec.threads:
-                env = {"OMP_NUM_THREADS": str(spec.threads), "MKL_NUM_THREADS": str(spec.threads)}
+            env = thread_env(threads[spec.name])
             process = self.services.start(
                 spec.name, self._fedmkt("serve", spec.role, "--config", str(path), "--host", HOST,
                                         "--grpc-port", "0"),
