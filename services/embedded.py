@@ -332,6 +332,9 @@ class EmbeddedRun:
         threads = thread_plan(self.config)
         for spec in self.config.participants:
             values = participant_config(self.config, spec.name, folder / "state" / spec.name)
+            # One memo per participant for the FedMKT run and its baseline: a step that is the
+            # same computation in both (same start adapter, data, seed) runs once.
+            values["memo_dir"] = str(self.run_dir / "memo" / spec.name)
             path = folder / "participants" / f"{spec.name}.yaml"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(yaml.safe_dump(values, sort_keys=False))

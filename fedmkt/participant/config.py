@@ -104,6 +104,9 @@ class ParticipantConfig(_Section):
     dtype: str = "auto"
     data: DataOptions
     state_dir: Path | None = None
+    # Results of steps that are provably the same computation (``fedmkt.participant.memo``);
+    # default <state_dir>/memo. Runs that share it (a FedMKT run and its baselines) reuse them.
+    memo_dir: Path | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ParticipantConfig:
@@ -119,6 +122,10 @@ class ParticipantConfig(_Section):
     @property
     def is_server(self) -> bool:
         return self.role == "server"
+
+    def resolved_memo_dir(self) -> Path:
+        return Path(self.memo_dir).expanduser() if self.memo_dir else (
+            self.resolved_state_dir() / "memo")
 
     def resolved_state_dir(self) -> Path:
         """``state_dir``, or ``$FEDMKT_HOME/participants/<name>``; created if missing."""

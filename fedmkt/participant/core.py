@@ -21,7 +21,7 @@ import logging
 import sys
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -48,6 +48,7 @@ from fedmkt.participant.distill import (
     selection_metrics,
     teacher_losses,
 )
+from fedmkt.participant.memo import StepMemo, digest_split, digest_tensors
 from fedmkt.participant.runs import (
     INITIAL,
     RunFolders,
@@ -142,6 +143,7 @@ class Participant:
         self.last_knowledge_work = WorkLedger()  # of the latest compute_knowledge stream
         # (run, adapter, answer NLL per public sample) of the latest whole knowledge stream
         self._public_losses: tuple[str, StateKey, dict[str, float]] | None = None
+        self.memo = StepMemo(config.resolved_memo_dir())
         self.pad_id = pad_id_for(self.tokenizer)
         self.tokenizer_info = describe(self.tokenizer, _tokenizer_label(config.model))
         self.vocab_size = len(self.tokenizer)
@@ -272,13 +274,49 @@ class Participant:
             folders = self._folders(run_id)
             start = folders.train_start(round_index)
             self._restore(start)
+            options = self._options(epochs, round_index, PHASE_TRAIN)
+            key = self._memo_key("train_local", self.private, options=asdict(options))
+            reused = self._reuse(key, trains=True)
+            if reused is not None:
+                self._save(folders, round_index, after_train=True)
+                return reused
             step = CrossEntropyStep(self.head, self.private, self.pad_id, self.device)
-            result = self._train(start, self.private, step,
-                                 self._options(epochs, round_index, PHASE_TRAIN),
-                                 "train_local", progress, cancel)
+            result = self._train(start, self.private, step, options, "train_local", progress,
+                                 cancel)
             self._save(folders, round_index, after_train=True)
-        return {**result.metrics, **result.work.metrics(), "samples": float(len(self.private)),
-                "epochs": float(epochs), "steps": float(result.optimizer_steps)}
+        metrics = {**result.metrics, "samples": float(len(self.private)),
+                   "epochs": float(epochs), "steps": float(result.optimizer_steps)}
+        self.memo.put(key, metrics, adapters.state_dict_to_bytes(
+            adapters.adapter_state_dict(self.model)))
+        return {**metrics, **result.work.metrics()}
+
+    # ------------------------------------------------------------------ memo
+
+    def _memo_key(self, step: str, split: EncodedSplit, **settings: Any) -> str:
+        """The key of a step's result: model, adapter now loaded, data, settings (see
+        ``fedmkt.participant.memo``)."""
+        c = self.config
+        return StepMemo.key(
+            step=step, model=c.model, tokenizer=self.tokenizer_info.fingerprint,
+            dtype=str(next(self.model.parameters()).dtype), device=self.device.type,
+            lora=c.lora.model_dump(mode="json"), kd_positions=c.kd_positions,
+            adapter=digest_tensors(adapters.adapter_state_dict(self.model)),
+            data=digest_split(split.encoded), **settings)
+
+    def _reuse(self, key: str, *, trains: bool) -> dict[str, float] | None:
+        """The metrics of a stored result (its adapter loaded when the step trains), marked
+        ``reused``; None when there is none. A reused step does no model work."""
+        entry = self.memo.get(key)
+        if entry is None or (trains and entry.adapter is None):
+            return None
+        if trains:
+            state = adapters.state_dict_from_bytes(entry.adapter)
+            adapters.validate_adapter_state(self.model, state)
+            adapters.load_state_into(self.model, state)
+            self._key = None
+        log.info("%s: reusing the result of an identical earlier step (memo %s)",
+                 self.config.name, key[:12])
+        return {**entry.metrics, "reused": 1.0}
 
     def _train(self, start: StateKey, split: EncodedSplit, step: Any, options: TrainOptions,
                name: str, progress: ProgressFn | None,
@@ -474,6 +512,12 @@ class Participant:
         with self._busy("evaluate"):
             if run_id:
                 self._ensure_current(self._folders(run_id))
+            key = self._memo_key("evaluate", data, split_name=split,
+                                 eval_batch_size=self.config.eval_batch_size,
+                                 max_length=self.config.max_length)
+            reused = self._reuse(key, trains=False)
+            if reused is not None:
+                return reused
             progress("evaluate", 0, 2, {})
             metrics = self._score(data)
             progress("evaluate", 1, 2, metrics)
@@ -488,6 +532,7 @@ class Participant:
                 pass
         metrics["nll"] = float(np.mean(list(nll.values())))
         metrics["n"] = float(len(data))
+        self.memo.put(key, metrics)
         metrics.update(work.metrics())
         return metrics
 
