@@ -144,6 +144,9 @@ def submit(
     run_id: str = typer.Option("", "--run-id", help="run id; an existing one resumes"),
     wait_seconds: float = typer.Option(
         300.0, help="how long to keep trying to reach the controller"),
+    report_dir: Path | None = typer.Option(
+        None, "--report-dir", help="also write <dir>/<run-id>/: events, report.md, metrics, "
+                                   "adapters (as `fedmkt run` does)"),
 ) -> None:
     """Start a run on an already deployed federation (docker compose, Kubernetes) and watch it."""
     import time
@@ -163,6 +166,14 @@ def submit(
     if missing or not fed.aligner.endpoint:
         _fail(f"every participant and the aligner need an endpoint to submit; missing: "
               f"{', '.join(missing + ([] if fed.aligner.endpoint else ['aligner']))}")
+    if report_dir is not None:
+        from services.submit_report import ReportDirError, check_writable
+
+        try:
+            check_writable(report_dir)
+        except ReportDirError as exc:
+            _fail(str(exc))
+    report = None
     with grpc.insecure_channel(controller) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=wait_seconds)
@@ -175,11 +186,20 @@ def submit(
         except grpc.RpcError as exc:
             _fail(f"StartRun: {exc.details()}")
         start = time.perf_counter()
+        if report_dir is not None:
+            from services.submit_report import SubmitReport
+
+            report = SubmitReport(report_dir, info.run_id, fed)
         with RunView(info.run_id, participants=[p.name for p in fed.participants]) as view:
             for message in stub.WatchRun(controller_pb2.WatchRunRequest(run_id=info.run_id)):
-                view.update(event_from_pb(message))
+                event = event_from_pb(message)
+                view.update(event)
+                if report is not None:
+                    report.record(event)
         final = stub.GetRun(controller_pb2.GetRunRequest(run_id=info.run_id), timeout=30)
     state = STATE_NAMES.get(final.state, "failed")
+    if report is not None:
+        typer.echo(f"report: {report.finish(state, final.error)}")
     typer.echo(f"run {final.run_id}: {state} after {time.perf_counter() - start:.0f} s "
                f"({final.rounds_completed}/{final.rounds} rounds)")
     if state != "succeeded":
