@@ -2,10 +2,23 @@
 
 Multiple choice follows lm-evaluation-harness: each choice is scored by the total
 log-likelihood of its tokens given the prompt; ``acc`` takes the argmax of that score and
-``acc_norm`` the argmax of the score divided by the choice's length in characters. Requests
-(one per sample and choice) are sorted by length and run in batches, left-padded so that every
-scored token sits at the end and only the last logits are computed (``logits_to_keep``): memory
-stays ``batch × answer length × vocab`` rather than ``batch × sequence × vocab``.
+``acc_norm`` the argmax of the score divided by the choice's length in characters. Each
+choice's ids are those of ``prompt + choice`` tokenized as one text (`encode_for_lm`), so the
+token at the prompt/answer boundary may differ between choices.
+
+By default each sample is run **once**: its choices' id lists share a prefix (their longest
+common prefix, cut before the first scored token), which goes into one row followed by every
+choice's suffix, the suffix's position ids restarting where the prefix ends, under a custom 4D
+attention mask (a suffix token sees the prefix and the earlier tokens of its own suffix, within
+the sliding window where a layer has one). The LM head runs only at the positions whose logits
+are read: the last prefix position once for every choice's first token, and the suffix positions
+that predict scored tokens. This is the same arithmetic as scoring each choice on its own (up to
+float rounding); architectures not known to take such a mask (see ``_PACKABLE``), and a model
+whose packed scores disagree with per-choice scores on the one-sample check of its first call,
+get the per-choice path: one request per (sample, choice), sorted by length, left-padded so
+that every scored token sits at the end and only the last logits are computed
+(``logits_to_keep``). Both count their work (forward tokens, LM-head positions) and its floor
+in an optional `WorkLedger`.
 
 Every function works with any Hugging Face causal LM (peft-wrapped ones included) and a fast
 tokenizer; the model is put in eval mode while it runs and given back in its former mode.
@@ -14,7 +27,9 @@ tokenizer; the model is put in eval mode while it runs and given back in its for
 from __future__ import annotations
 
 import inspect
+import logging
 import re
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +41,9 @@ from rapidfuzz.distance import LCSseq
 
 from fedmkt.data.samples import Sample
 from fedmkt.data.tokenize import encode_for_lm, encode_prompt, pad_id_for
+from fedmkt.models.work import Work, WorkLedger
+
+log = logging.getLogger(__name__)
 
 Device = str | torch.device | None
 
@@ -123,19 +141,293 @@ def _requests(tokenizer: Any, samples: Sequence[Sample], max_length: int) -> lis
     return out
 
 
+@dataclass(frozen=True)
+class _Packed:
+    """One sample laid out for a single pass: the shared prefix once, then every choice's suffix.
+
+    ``positions`` restart at ``len(prefix)`` for each suffix; ``segments`` is 0 on the prefix
+    and ``c + 1`` on choice ``c``'s suffix. ``reads``: the indices whose logits are used,
+    ascending and distinct (the last prefix index predicts the first scored token of every
+    choice whose scored tokens start right after the prefix). ``targets``: one ``(index into
+    reads, token id, choice)`` per scored token.
+    """
+
+    sample: int
+    ids: list[int]
+    positions: list[int]
+    segments: list[int]
+    reads: list[int]
+    targets: list[tuple[int, int, int]]
+
+
+def _common_prefix(rows: Sequence[Sequence[int]]) -> int:
+    first, size = rows[0], min(len(row) for row in rows)
+    for index in range(size):
+        if any(row[index] != first[index] for row in rows[1:]):
+            return index
+    return size
+
+
+def _pack(sample: int, requests: Sequence[_Request]) -> _Packed:
+    """The packed row of one sample's requests (all its choices, in choice order)."""
+    starts = [len(req.ids) - req.scored for req in requests]  # first scored index, always >= 1
+    shared = min(_common_prefix([req.ids for req in requests]), *starts)
+    ids, positions = list(requests[0].ids[:shared]), list(range(shared))
+    segments = [0] * shared
+    wanted: list[tuple[int, int, int]] = []
+    for req, start in zip(requests, starts, strict=True):
+        offset = len(ids) - shared  # row index of logical position j >= shared: j + offset
+        ids += req.ids[shared:]
+        positions += range(shared, len(req.ids))
+        segments += [req.choice + 1] * (len(req.ids) - shared)
+        for j in range(start, len(req.ids)):  # token j is predicted at logical position j - 1
+            source = j - 1 if j - 1 < shared else j - 1 + offset
+            wanted.append((source, req.ids[j], req.choice))
+    reads = sorted({source for source, _, _ in wanted})
+    where = {source: index for index, source in enumerate(reads)}
+    targets = [(where[source], token, choice) for source, token, choice in wanted]
+    return _Packed(sample, ids, positions, segments, reads, targets)
+
+
+def _plans(requests: Sequence[_Request], n_samples: int) -> list[_Packed]:
+    grouped: list[list[_Request]] = [[] for _ in range(n_samples)]
+    for req in requests:
+        grouped[req.sample].append(req)
+    return [_pack(index, group) for index, group in enumerate(grouped)]
+
+
+def _floor(plans: Sequence[_Packed]) -> Work:
+    """The least work (DESIGN §11): each sample's prefix once plus its suffixes, and the LM head
+    at the distinct positions whose logits are read."""
+    return Work(forward_tokens=sum(len(p.ids) for p in plans),
+                head_positions=sum(len(p.reads) for p in plans))
+
+
+# --------------------------------------------------------------------------- per-choice path
+
+
 def _score_batch(model: Any, batch: Sequence[_Request], pad_id: int, device: torch.device,
-                 keep_logits: bool) -> list[float]:
+                 keep_logits: bool, work: Work) -> list[float]:
     """Sum of log-probabilities of each request's last ``scored`` tokens."""
     inputs = _left_pad([req.ids for req in batch], pad_id, device)
     keep = max(req.scored for req in batch) + 1
     if keep_logits:
         inputs["logits_to_keep"] = keep
-    logits = model(**inputs).logits[:, -keep:, :]
+    logits = model(**inputs).logits
+    work.add(forward=sum(len(req.ids) for req in batch), head=logits.shape[0] * logits.shape[1])
+    logits = logits[:, -keep:, :]
     log_probs = torch.log_softmax(logits.float(), dim=-1)
     targets = inputs["input_ids"][:, -(keep - 1) :]
     token_scores = log_probs[:, :-1, :].gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return [float(token_scores[row, keep - 1 - req.scored :].sum())
             for row, req in enumerate(batch)]
+
+
+def _score_per_choice(model: Any, requests: Sequence[_Request], scores: list[list[float]],
+                      batch_size: int, pad_id: int, device: torch.device, work: Work) -> None:
+    """One left-padded row per (sample, choice), ``batch_size`` rows per forward pass."""
+    order = sorted(range(len(requests)), key=lambda i: -len(requests[i].ids))
+    keep_logits = _accepts_logits_to_keep(model)
+    for batch_ids in _batches(order, batch_size):
+        batch = [requests[i] for i in batch_ids]
+        for req, value in zip(batch, _score_batch(model, batch, pad_id, device, keep_logits,
+                                                  work), strict=True):
+            scores[req.sample][req.choice] = value
+
+
+# --------------------------------------------------------------------------- packed path
+
+# Architectures whose decoder takes a custom 4D float mask unchanged (checked in transformers
+# 5's masking_utils: a 4D mask, or a dict of them per layer type, is returned as-is) and whose
+# causal-LM forward is ``lm_head(body(...))`` (+ Gemma's optional final soft-capping). Value:
+# how the mask goes in: "one" mask for every layer, or a dict "by_type" of layer type.
+_PACKABLE = {
+    "llama": "one", "mistral": "one", "gpt2": "one", "gpt_neox": "one",
+    "qwen2": "by_type", "gemma3_text": "by_type",
+}
+_ATTENTION = ("eager", "sdpa")  # flash / flex kernels do not take a float mask
+_HEAD_CHUNK = 1 << 23  # logits elements per LM-head chunk (32 MiB in float32)
+
+
+@dataclass(frozen=True)
+class _PackedModel:
+    """What the packed path calls: the decoder body, the LM head, and how masks go in."""
+
+    body: Any
+    head: Any
+    softcap: float | None
+    windows: dict[str, int | None] | None  # layer type -> sliding window; None: one mask
+    window: int | None  # the window of the single mask
+    dtype: torch.dtype
+    vocab: int
+
+
+def _packed_model(model: Any) -> _PackedModel | None:
+    """The packed path's parts of ``model``, or None when its architecture is not known to
+    take a custom 4D attention mask (then every choice is scored on its own)."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(lm, "config", None)
+    kind = _PACKABLE.get(getattr(config, "model_type", None))
+    if kind is None or getattr(config, "_attn_implementation", None) not in _ATTENTION:
+        return None
+    if getattr(config, "use_bidirectional_attention", False):
+        return None
+    body = getattr(lm, getattr(lm, "base_model_prefix", ""), None)
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    if body is None or head is None:
+        return None
+    windows, window = None, None
+    if kind == "by_type":
+        sliding = getattr(config, "sliding_window", None)
+        windows = {t: (sliding if t == "sliding_attention" else None)
+                   for t in set(config.layer_types)}
+        if not set(windows) <= {"full_attention", "sliding_attention"}:
+            return None
+    elif config.model_type == "mistral":
+        window = getattr(config, "sliding_window", None)
+    embeddings = lm.get_input_embeddings().weight
+    return _PackedModel(body, head, getattr(config, "final_logit_softcapping", None), windows,
+                        window, embeddings.dtype, int(getattr(config, "vocab_size", 0) or
+                                                      embeddings.shape[0]))
+
+
+def _packed_masks(groups: torch.Tensor, segments: torch.Tensor, positions: torch.Tensor,
+                  parts: _PackedModel) -> Any:
+    """``[batch, 1, L, L]`` additive masks. A row holds one or more samples (``groups``: which,
+    -1 on padding); a query sees its own sample's prefix and the earlier tokens of its own
+    suffix (within the sliding window, on logical positions); padding sees only itself."""
+    width = segments.shape[1]
+    index = torch.arange(width, device=segments.device)
+    eye = index[:, None] == index[None, :]
+    causal = index[:, None] >= index[None, :]
+    seg_q, seg_k = segments[:, :, None], segments[:, None, :]
+    allowed = (causal & (groups[:, :, None] == groups[:, None, :]) & (groups[:, :, None] >= 0)
+               & ((seg_k == 0) | (seg_k == seg_q)))
+
+    def mask(window: int | None) -> torch.Tensor:
+        visible = allowed
+        if window is not None:
+            visible = visible & (positions[:, None, :] > positions[:, :, None] - window)
+        additive = torch.zeros(visible.shape, dtype=parts.dtype, device=visible.device)
+        additive.masked_fill_(~(visible | eye), torch.finfo(parts.dtype).min)
+        return additive.unsqueeze(1)
+
+    if parts.windows is None:
+        return mask(parts.window)
+    return {layer_type: mask(window) for layer_type, window in parts.windows.items()}
+
+
+def _fill_rows(plans: Sequence[_Packed]) -> list[list[int]]:
+    """Samples (indices into ``plans``) laid end to end in rows as wide as the longest sample,
+    first fit, longest first: a row holds several short samples instead of padding."""
+    order = sorted(range(len(plans)), key=lambda i: -len(plans[i].ids))
+    width = len(plans[order[0]].ids)
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for index in order:
+        size = len(plans[index].ids)
+        row = next((r for r, left in enumerate(room) if left >= size), None)
+        if row is None:
+            rows.append([])
+            room.append(width)
+            row = len(rows) - 1
+        rows[row].append(index)
+        room[row] -= size
+    return rows
+
+
+def _score_packed_batch(parts: _PackedModel, batch: Sequence[Sequence[_Packed]], pad_id: int,
+                        device: torch.device, scores: list[list[float]], work: Work) -> None:
+    width = max(sum(len(p.ids) for p in row) for row in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(batch), width), dtype=torch.long)
+    segments = torch.zeros((len(batch), width), dtype=torch.long)
+    groups = torch.full((len(batch), width), -1, dtype=torch.long)
+    flat_reads, target_read, target_token, target_slot = [], [], [], []
+    slots: list[tuple[int, int]] = []
+    for r, row in enumerate(batch):
+        start = 0
+        for group, packed in enumerate(row):
+            end = start + len(packed.ids)
+            ids[r, start:end] = torch.tensor(packed.ids)
+            positions[r, start:end] = torch.tensor(packed.positions)
+            segments[r, start:end] = torch.tensor(packed.segments)
+            groups[r, start:end] = group
+            base, first_slot = len(flat_reads), len(slots)
+            flat_reads += [r * width + start + index for index in packed.reads]
+            n_choices = max(choice for _, _, choice in packed.targets) + 1
+            slots += [(packed.sample, choice) for choice in range(n_choices)]
+            for read, token, choice in packed.targets:
+                target_read.append(base + read)
+                target_token.append(token)
+                target_slot.append(first_slot + choice)
+            start = end
+    ids, positions = ids.to(device), positions.to(device)
+    masks = _packed_masks(groups.to(device), segments.to(device), positions, parts)
+    out = parts.body(input_ids=ids, attention_mask=masks, position_ids=positions,
+                     use_cache=False)
+    hidden = out[0].reshape(len(batch) * width, -1)[torch.tensor(flat_reads, device=device)]
+    work.add(forward=sum(len(p.ids) for row in batch for p in row), head=len(flat_reads))
+
+    reads_t = torch.tensor(target_read, device=device)
+    tokens_t = torch.tensor(target_token, device=device)
+    slots_t = torch.tensor(target_slot, device=device)
+    totals = torch.zeros(len(slots), dtype=torch.float32, device=device)
+    chunk = max(1, _HEAD_CHUNK // max(1, parts.vocab))
+    for first in range(0, hidden.shape[0], chunk):
+        logits = parts.head(hidden[first : first + chunk])
+        if parts.softcap is not None:
+            logits = torch.tanh(logits / parts.softcap) * parts.softcap
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        inside = (reads_t >= first) & (reads_t < first + chunk)
+        values = log_probs[reads_t[inside] - first, tokens_t[inside]]
+        totals.index_add_(0, slots_t[inside], values)
+    for (sample, choice), value in zip(slots, totals.tolist(), strict=True):
+        scores[sample][choice] = value
+
+
+def _score_packed(parts: _PackedModel, plans: Sequence[_Packed], scores: list[list[float]],
+                  batch_size: int, pad_id: int, device: torch.device, work: Work) -> None:
+    """Rows as wide as the longest sample (`_fill_rows`), ``batch_size`` rows per pass."""
+    rows = _fill_rows(plans)
+    for start in range(0, len(rows), batch_size):
+        batch = [[plans[i] for i in row] for row in rows[start : start + batch_size]]
+        _score_packed_batch(parts, batch, pad_id, device, scores, work)
+
+
+# Models whose packed scores were checked against per-choice scores: model -> agreed.
+_CHECKED: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
+def _tolerance(dtype: torch.dtype) -> tuple[float, float]:
+    """(atol, rtol) for packed vs per-choice scores: reduction order only, in ``dtype``."""
+    return (1e-3, 1e-4) if dtype in (torch.float32, torch.float64) else (0.25, 0.02)
+
+
+def _packing_agrees(model: Any, parts: _PackedModel, requests: Sequence[_Request],
+                    plans: Sequence[_Packed], pad_id: int, device: torch.device,
+                    work: Work) -> bool:
+    """Score one short sample both ways; False (and a warning) when they differ.
+
+    The sample is the shortest of those that read logits inside the suffix of a choice other
+    than the first (where a mask that lets suffixes see each other would show), if any.
+    """
+    deep = [i for i, plan in enumerate(plans) if any(plan.segments[r] > 1 for r in plan.reads)]
+    probe = min(deep or range(len(plans)), key=lambda i: len(plans[i].ids))
+    mine = [req for req in requests if req.sample == plans[probe].sample]
+    n = max(req.sample for req in requests) + 1
+    packed = [[0.0] * (max(r.choice for r in mine) + 1) for _ in range(n)]
+    reference = [row[:] for row in packed]
+    _score_packed(parts, [plans[probe]], packed, 1, pad_id, device, work)
+    _score_per_choice(model, mine, reference, len(mine), pad_id, device, work)
+    got, want = np.asarray(packed[plans[probe].sample]), np.asarray(reference[plans[probe].sample])
+    atol, rtol = _tolerance(parts.dtype)
+    if np.allclose(got, want, atol=atol, rtol=rtol):
+        return True
+    log.warning("shared-prefix scoring disagrees with per-choice scoring for %s (%s vs %s); "
+                "scoring every choice on its own for this model", type(model).__name__,
+                got.tolist(), want.tolist())
+    return False
 
 
 def score_choices(
@@ -146,22 +438,43 @@ def score_choices(
     batch_size: int = 8,
     device: Device = None,
     max_length: int = 512,
+    shared_prefix: bool = True,
+    work: WorkLedger | None = None,
 ) -> list[list[float]]:
     """Log-likelihood of each choice of each sample given its prompt: ``[sample][choice]``.
 
+    ``shared_prefix`` (default): each sample is run once, its choices packed after their
+    common prefix; samples are laid end to end in rows as wide as the longest one,
+    ``batch_size`` rows per pass; the LM head runs only where logits are read. Falls back to
+    one request per (sample, choice), ``batch_size`` requests per pass (what
+    ``shared_prefix=False`` does), for architectures not known to take a custom attention
+    mask, and for a model whose packed scores, checked once on its first call against
+    per-choice scores of one short sample, disagree.
+
     ``device``: where inputs go (default: the model's device); the model must already be there.
+    ``work``: gets what the scoring did (forward tokens, LM-head positions) and the floor.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     requests = _requests(tokenizer, samples, max_length)
-    order = sorted(range(len(requests)), key=lambda i: -len(requests[i].ids))
     scores = [[0.0] * len(sample.choices) for sample in samples]
+    if not samples:
+        return scores
+    plans = _plans(requests, len(samples))
     pad_id, target = pad_id_for(tokenizer), _device_of(model, device)
-    keep_logits = _accepts_logits_to_keep(model)
+    done = Work()
+    parts = _packed_model(model) if shared_prefix else None
     with _eval_mode(model):
-        for batch_ids in _batches(order, batch_size):
-            batch = [requests[i] for i in batch_ids]
-            for req, value in zip(batch, _score_batch(model, batch, pad_id, target, keep_logits),
-                                  strict=True):
-                scores[req.sample][req.choice] = value
+        if parts is not None and model not in _CHECKED:
+            _CHECKED[model] = _packing_agrees(model, parts, requests, plans, pad_id, target,
+                                              done)
+        if parts is not None and _CHECKED[model]:
+            _score_packed(parts, plans, scores, batch_size, pad_id, target, done)
+        else:
+            _score_per_choice(model, requests, scores, batch_size, pad_id, target, done)
+    if work is not None:
+        work.done += done
+        work.floor += _floor(plans)
     return scores
 
 
@@ -173,12 +486,17 @@ def multiple_choice_accuracy(
     batch_size: int = 8,
     device: Device = None,
     max_length: int = 512,
+    shared_prefix: bool = True,
+    work: WorkLedger | None = None,
 ) -> dict[str, float]:
-    """``{"acc", "acc_norm", "n"}``: argmax accuracy of raw and per-character scores."""
+    """``{"acc", "acc_norm", "n"}``: argmax accuracy of raw and per-character scores.
+
+    ``shared_prefix`` and ``work``: as in `score_choices`.
+    """
     if not samples:
         raise ValueError("multiple_choice_accuracy needs at least one sample")
     scores = score_choices(model, tokenizer, samples, batch_size=batch_size, device=device,
-                           max_length=max_length)
+                           max_length=max_length, shared_prefix=shared_prefix, work=work)
     hits, hits_norm = [], []
     for sample, values in zip(samples, scores, strict=True):
         raw = np.asarray(values)
