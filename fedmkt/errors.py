@@ -32,9 +32,16 @@ class ResourceExhausted(FedmktError):
     http_status = 413
 
 
+class Unavailable(FedmktError):
+    """The service cannot answer now (it is shutting down); the caller may call again later."""
+
+    code = "UNAVAILABLE"
+    http_status = 503
+
+
 HTTP_STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "FAILED_PRECONDITION": 409,
                "RESOURCE_EXHAUSTED": 413, "OUT_OF_RANGE": 400, "CANCELLED": 499,
-               "DEADLINE_EXCEEDED": 504, "INTERNAL": 500}
+               "DEADLINE_EXCEEDED": 504, "INTERNAL": 500, "UNAVAILABLE": 503}
 
 
 def status_of(exc: BaseException) -> str | None:

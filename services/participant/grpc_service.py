@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Gauge
 
-from fedmkt.errors import InvalidArgument
+from fedmkt.errors import InvalidArgument, Unavailable
 from fedmkt.participant.core import Participant
 from fedmkt.participant.training import Cancelled
 from fedmkt.wire import codec
@@ -91,9 +91,13 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
         self.name = participant.config.name
         self._active: set[threading.Event] = set()
         self._active_lock = threading.Lock()
+        self._stopping = False
 
     def cancel_all(self) -> None:
-        """Ask every running long call to stop (used on shutdown)."""
+        """Ask every running long call to stop (used on shutdown). Their callers are answered
+        UNAVAILABLE (this participant is going away; call again when it is back), not
+        CANCELLED, which would say that the caller itself gave up."""
+        self._stopping = True
         with self._active_lock:
             for event in self._active:
                 event.set()
@@ -137,6 +141,9 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
                     if isinstance(payload, Cancelled) and not context.is_active():
                         log.info("%s: %s cancelled by the caller", self.name, step)
                         return
+                    if isinstance(payload, Cancelled) and self._stopping:
+                        raise Unavailable(f"{self.name} is shutting down during {step}; call "
+                                          "again when it is back") from payload
                     raise payload
         finally:
             cancel.set()  # a caller that went away stops the worker at the next batch
