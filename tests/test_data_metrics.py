@@ -333,8 +333,9 @@ def test_work_counts_by_hand(gpt2_tok: Any) -> None:
     * "" + "Yes" | "No way": context EOS; per choice 2 + 3 = 5 tokens; packed 1 + 1 + 2 = 4;
       logits read at EOS and at "No": 2 positions.
 
-    Floor: 12 forward tokens, 4 LM-head positions. Per-choice, one batch of 6 rows: 22 tokens,
-    logits kept at the last 3 positions of every row (2 scored + 1): 18 head positions.
+    Floor: 12 forward tokens, 4 LM-head positions. Per-choice, one batch of 6 rows: 22 real
+    tokens, left-padded to the longest (5): 30 tokens run; logits kept at the last 3 positions of
+    every row (2 scored + 1): 18 head positions. Padding is work done, never floor.
     """
     from fedmkt.models.work import WorkLedger
 
@@ -342,16 +343,17 @@ def test_work_counts_by_hand(gpt2_tok: Any) -> None:
     model = _tiny_gpt2(gpt2_tok, seed=6).eval()
     per_choice = WorkLedger()
     score_choices(model, gpt2_tok, samples, shared_prefix=False, work=per_choice)
-    assert per_choice.done.as_dict() == {"forward_tokens": 22, "backward_tokens": 0,
+    assert per_choice.done.as_dict() == {"forward_tokens": 30, "backward_tokens": 0,
                                          "head_positions": 18}
     assert per_choice.floor.as_dict() == {"forward_tokens": 12, "backward_tokens": 0,
                                           "head_positions": 4}
-    # first packed call of a model: also checks one sample both ways, the shortest that reads
-    # logits inside a later choice's suffix: "" + "Yes" | "No way" (packed 4 tokens / 2
-    # positions, per choice 5 tokens / 2 rows x 3 positions)
+    # first packed call of a model: the two samples (8 and 4 tokens) do not fit one row of 8,
+    # so two rows of 8 run (16 tokens); it also checks one sample both ways, the shortest that
+    # reads logits inside a later choice's suffix: "" + "Yes" | "No way" (packed 4 tokens / 2
+    # positions, per choice 2 rows padded to 3 tokens / 2 rows x 3 positions)
     first = WorkLedger()
     multiple_choice_accuracy(model, gpt2_tok, samples, work=first)
-    assert first.done.as_dict() == {"forward_tokens": 12 + 4 + 5, "backward_tokens": 0,
+    assert first.done.as_dict() == {"forward_tokens": 16 + 4 + 6, "backward_tokens": 0,
                                     "head_positions": 4 + 2 + 6}
     assert first.floor.as_dict() == per_choice.floor.as_dict()
     later = WorkLedger()

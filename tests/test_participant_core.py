@@ -359,6 +359,13 @@ def test_evaluate_reports_accuracy_and_nll_but_never_on_private_data(client) -> 
     metrics = client.evaluate("run-eval")
     assert 0.0 <= metrics["acc"] <= 1.0 and 0.0 <= metrics["acc_norm"] <= 1.0
     assert metrics["n"] == len(client.eval_split) and metrics["nll"] > 0
+    # The NLL is read off the right choice's score: it equals a pass over the answers.
+    passed = [s.loss for s in iter_knowledge(client.model, client.eval_split.encoded, k=1,
+                                             batch_size=4, progress=False)]
+    assert metrics["nll"] == pytest.approx(sum(passed) / len(passed), rel=1e-4)
+    # One packed scoring pass and nothing else (no second pass for the NLL).
+    assert 0 < metrics["work/forward_tokens"] < 2 * metrics["floor/forward_tokens"]
+    assert metrics["floor/forward_tokens"] < sum(len(e) for e in client.eval_split.encoded) * 2
     public = client.evaluate("run-eval", "public")
     assert public["n"] == len(client.public)
     with pytest.raises(InvalidArgument, match="private"):

@@ -214,7 +214,8 @@ def _score_batch(model: Any, batch: Sequence[_Request], pad_id: int, device: tor
     if keep_logits:
         inputs["logits_to_keep"] = keep
     logits = model(**inputs).logits
-    work.add(forward=sum(len(req.ids) for req in batch), head=logits.shape[0] * logits.shape[1])
+    # The model runs over the padded batch: padding counts as work done (not in the floor).
+    work.add(forward=inputs["input_ids"].numel(), head=logits.shape[0] * logits.shape[1])
     logits = logits[:, -keep:, :]
     log_probs = torch.log_softmax(logits.float(), dim=-1)
     targets = inputs["input_ids"][:, -(keep - 1) :]
@@ -367,7 +368,7 @@ def _score_packed_batch(parts: _PackedModel, batch: Sequence[Sequence[_Packed]],
     out = parts.body(input_ids=ids, attention_mask=masks, position_ids=positions,
                      use_cache=False)
     hidden = out[0].reshape(len(batch) * width, -1)[torch.tensor(flat_reads, device=device)]
-    work.add(forward=sum(len(p.ids) for row in batch for p in row), head=len(flat_reads))
+    work.add(forward=len(batch) * width, head=len(flat_reads))  # padding included
 
     reads_t = torch.tensor(target_read, device=device)
     tokens_t = torch.tensor(target_token, device=device)
@@ -497,14 +498,27 @@ def multiple_choice_accuracy(
         raise ValueError("multiple_choice_accuracy needs at least one sample")
     scores = score_choices(model, tokenizer, samples, batch_size=batch_size, device=device,
                            max_length=max_length, shared_prefix=shared_prefix, work=work)
+    return accuracy_from_scores(samples, scores)
+
+
+def choice_hits(samples: Sequence[Sample], scores: Sequence[Sequence[float]]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Per sample: 1.0 where the argmax of the raw scores (``acc``), and of the scores per
+    character (``acc_norm``), is the right choice, else 0.0."""
     hits, hits_norm = [], []
     for sample, values in zip(samples, scores, strict=True):
         raw = np.asarray(values)
         lengths = np.asarray([max(len(choice), 1) for choice in sample.choices], dtype=float)
         hits.append(int(np.argmax(raw)) == sample.label)
         hits_norm.append(int(np.argmax(raw / lengths)) == sample.label)
-    return {"acc": float(np.mean(hits)), "acc_norm": float(np.mean(hits_norm)),
-            "n": len(samples)}
+    return np.asarray(hits, dtype=float), np.asarray(hits_norm, dtype=float)
+
+
+def accuracy_from_scores(samples: Sequence[Sample], scores: Sequence[Sequence[float]]
+                         ) -> dict[str, float]:
+    """``{"acc", "acc_norm", "n"}`` from :func:`score_choices`' scores."""
+    hits, hits_norm = choice_hits(samples, scores)
+    return {"acc": float(hits.mean()), "acc_norm": float(hits_norm.mean()), "n": len(samples)}
 
 
 def _stop_ids(model: Any, tokenizer: Any) -> set[int]:

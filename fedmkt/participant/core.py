@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from fedmkt.align.registry import TokenizerInfo, describe
-from fedmkt.data.metrics import generation_rouge_l, multiple_choice_accuracy
+from fedmkt.data.metrics import accuracy_from_scores, generation_rouge_l, score_choices
 from fedmkt.data.tokenize import pad_id_for
 from fedmkt.errors import FailedPrecondition, InvalidArgument, NotFound
 from fedmkt.knowledge.selection import Selection, select_teachers
@@ -519,32 +519,46 @@ class Participant:
             if reused is not None:
                 return reused
             progress("evaluate", 0, 2, {})
-            metrics = self._score(data)
-            progress("evaluate", 1, 2, metrics)
-            nll: dict[str, float] = {}
             work = WorkLedger()
-            for _ in collect_losses(iter_knowledge(self.model, data.encoded, k=1,
-                                                   batch_size=self.config.eval_batch_size,
-                                                   device=self.device, progress=False,
-                                                   positions="answer", head=self.head,
-                                                   work=work),
-                                    nll, cancel):
-                pass
-        metrics["nll"] = float(np.mean(list(nll.values())))
+            metrics, nll = self._score(data, work)
+            progress("evaluate", 1, 2, metrics)
+            if nll is None:  # not read off the choices' scores: one pass over the answers
+                losses: dict[str, float] = {}
+                for _ in collect_losses(iter_knowledge(self.model, data.encoded, k=1,
+                                                       batch_size=self.config.eval_batch_size,
+                                                       device=self.device, progress=False,
+                                                       positions="answer", head=self.head,
+                                                       work=work),
+                                        losses, cancel):
+                    pass
+                nll = float(np.mean(list(losses.values())))
+        metrics["nll"] = nll
         metrics["n"] = float(len(data))
         self.memo.put(key, metrics)
         metrics.update(work.metrics())
         return metrics
 
-    def _score(self, data: EncodedSplit) -> dict[str, float]:
+    def _score(self, data: EncodedSplit, work: WorkLedger) -> tuple[dict[str, float],
+                                                                    float | None]:
+        """Accuracy (multiple choice) or ROUGE-L, and the mean answer NLL when it can be read
+        off the choices' scores: the right choice's score is the answer's log-likelihood when
+        the answer is that choice and it does not start the text (the scoring then adds a
+        context token the answer's own encoding lacks)."""
         samples = data.samples
         kwargs = {"batch_size": self.config.eval_batch_size, "device": self.device,
                   "max_length": self.config.max_length}
-        if all(s.is_multiple_choice for s in samples):
-            result = multiple_choice_accuracy(self.model, self.tokenizer, samples, **kwargs)
-        else:
+        if not all(s.is_multiple_choice for s in samples):
             result = generation_rouge_l(self.model, self.tokenizer, samples, **kwargs)
-        return {k: float(v) for k, v in result.items() if k != "n"}
+            return {k: float(v) for k, v in result.items() if k != "n"}, None
+        scores = score_choices(self.model, self.tokenizer, samples, work=work, **kwargs)
+        result = accuracy_from_scores(samples, scores)
+        metrics = {k: float(v) for k, v in result.items() if k != "n"}
+        same = all(s.answer == s.choices[s.label] and enc.answer_start > 0
+                   for s, enc in zip(samples, data.encoded, strict=True))
+        if not same:
+            return metrics, None
+        return metrics, float(np.mean([-row[s.label] for s, row in zip(samples, scores,
+                                                                        strict=True)]))
 
     # ------------------------------------------------------------------ adapters
 
