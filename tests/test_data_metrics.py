@@ -420,3 +420,14 @@ def test_shared_prefix_through_a_trained_lora_adapter(gpt2_tok: Any,
     _assert_same_scores(got, score_choices(model, gpt2_tok, packing_samples, batch_size=4,
                                            shared_prefix=False))
     assert np.abs(np.concatenate(got) - np.concatenate(plain)).max() > 0.1  # adapter applied
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_packed_scores_equal_per_choice_scores_on_cuda(gpt2_tok: Any,
+                                                       packing_samples: list[Sample]) -> None:
+    model = _tiny_gpt2(gpt2_tok, seed=2).cuda().eval()
+    packed = score_choices(model, gpt2_tok, packing_samples, batch_size=3)
+    reference = score_choices(model, gpt2_tok, packing_samples, batch_size=3,
+                              shared_prefix=False)
+    for got, want in zip(packed, reference, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)

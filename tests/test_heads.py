@@ -170,3 +170,26 @@ def test_a_model_whose_forward_differs_falls_back_to_the_full_head() -> None:
         full = wrapped(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
     expected = full.gather(1, index.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
     torch.testing.assert_close(rows, expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", ["llama", "gemma3", "qwen2"])
+def test_cuda_bf16_rows_and_losses_match_the_full_head(kind: str) -> None:
+    """The same paths on a GPU, under the bf16 autocast the training loop uses there."""
+    model = build(kind).cuda().train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    b = {k: v.cuda() for k, v in batch().items()}
+    target = teacher({k: v.cpu() for k, v in b.items()}, 1)
+    target = TeacherTargets(*(x.cuda() for x in target))
+    weights = torch.tensor([[1.0], [0.0], [1.0]], device="cuda")
+    from fedmkt.knowledge.kd_loss import combined_loss_at
+
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        full = combined_loss(logits, b["labels"], [target], weights)
+        rows = forward_rows(SelectiveHead.for_model(model), b, [target.mask])
+        ours = combined_loss_at(rows.logits, rows.next_token, [rows.take_teacher(target)],
+                                weights)
+    torch.testing.assert_close(ours.loss.float(), full.loss.float(), rtol=2e-2, atol=2e-2)
