@@ -1,6 +1,6 @@
 """Container health check: exit 0 when a fedmkt gRPC service answers grpc.health.v1 SERVING.
 
-    python /app/deploy/healthcheck.py PORT [SERVICE]
+    python /app/deploy/healthcheck.py PORT|HOST:PORT [SERVICE]
 
 Lighter than `fedmkt health` (imports grpc only; compose runs it every few seconds in every
 container). With TLS on (FEDMKT_<SERVICE>_TLS_CERT/_KEY in the environment) it connects with TLS,
@@ -27,9 +27,9 @@ def main(argv: list[str]) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    port = argv[0] if argv else "50060"
+    target = argv[0] if argv else "50060"
     service = argv[1] if len(argv) > 1 else ""
-    endpoint = f"localhost:{port}"
+    endpoint = target if ":" in target else f"localhost:{target}"
     tls = _tls_files()
     if tls is None:
         channel = grpc.insecure_channel(endpoint)
