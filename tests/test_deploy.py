@@ -313,6 +313,35 @@ def test_overlays_render_and_only_gpu_puts_the_llm_on_a_gpu() -> None:
                 assert _pod(d)["tolerations"][0]["key"] == "nvidia.com/gpu"
 
 
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed")
+def test_the_tls_overlay_serves_mtls_and_probes_with_tls(tmp_path: Path) -> None:
+    certs = ROOT / "deploy" / "k8s" / "components" / "tls" / "certs"
+    if not (certs / "ca.pem").exists():
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "dev-certs.py"), str(certs)],
+                       check=True, capture_output=True, timeout=120)
+    out = subprocess.run(["kubectl", "kustomize", str(OVERLAYS / "local-tls")],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    secrets = {d["metadata"]["name"] for d in docs if d["kind"] == "Secret"}
+    for d in docs:
+        if d["kind"] not in ("Deployment", "Job"):
+            continue
+        name, pod = d["metadata"]["name"], _pod(d)
+        volume = next(v for v in pod["volumes"] if v["name"] == "tls")
+        assert volume["secret"]["secretName"] in secrets  # the generated (hashed) name
+        assert volume["secret"]["secretName"].startswith(f"fedmkt-tls-{name}-")
+        container = pod["containers"][0]
+        env = _env(container.get("env"))
+        serving = name in ("aligner", *PARTICIPANTS)
+        assert any(k.endswith("_TLS_CLIENT_CA") for k in env) is serving, name
+        if serving:  # native gRPC probes cannot do TLS
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                assert "grpc" not in container[probe], (name, probe)
+                assert container[probe]["exec"]["command"][:2] == [
+                    "python", "/app/deploy/healthcheck.py"]
+
+
 # --------------------------------------------------------------------------- image
 
 
