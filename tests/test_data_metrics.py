@@ -348,12 +348,13 @@ def test_work_counts_by_hand(gpt2_tok: Any) -> None:
     assert per_choice.floor.as_dict() == {"forward_tokens": 12, "backward_tokens": 0,
                                           "head_positions": 4}
     # first packed call of a model: the two samples (8 and 4 tokens) do not fit one row of 8,
-    # so two rows of 8 run (16 tokens); it also checks one sample both ways, the shortest that
-    # reads logits inside a later choice's suffix: "" + "Yes" | "No way" (packed 4 tokens / 2
-    # positions, per choice 2 rows padded to 3 tokens / 2 rows x 3 positions)
+    # and a pass with both rows would pad 4 of 12 tokens, so each row is its own pass (12
+    # tokens); it also checks one sample both ways, the shortest that reads logits inside a
+    # later choice's suffix: "" + "Yes" | "No way" (packed 4 tokens / 2 positions, per choice
+    # 2 rows padded to 3 tokens / 2 rows x 3 positions)
     first = WorkLedger()
     multiple_choice_accuracy(model, gpt2_tok, samples, work=first)
-    assert first.done.as_dict() == {"forward_tokens": 16 + 4 + 6, "backward_tokens": 0,
+    assert first.done.as_dict() == {"forward_tokens": 12 + 4 + 6, "backward_tokens": 0,
                                     "head_positions": 4 + 2 + 6}
     assert first.floor.as_dict() == per_choice.floor.as_dict()
     later = WorkLedger()

@@ -41,6 +41,7 @@ from rapidfuzz.distance import LCSseq
 
 from fedmkt.data.samples import Sample
 from fedmkt.data.tokenize import encode_for_lm, encode_prompt, pad_id_for
+from fedmkt.models.padding import low_padding_batches
 from fedmkt.models.work import Work, WorkLedger
 
 log = logging.getLogger(__name__)
@@ -389,10 +390,12 @@ def _score_packed_batch(parts: _PackedModel, batch: Sequence[Sequence[_Packed]],
 
 def _score_packed(parts: _PackedModel, plans: Sequence[_Packed], scores: list[list[float]],
                   batch_size: int, pad_id: int, device: torch.device, work: Work) -> None:
-    """Rows as wide as the longest sample (`_fill_rows`), ``batch_size`` rows per pass."""
+    """Rows as wide as the longest sample (`_fill_rows`), at most ``batch_size`` rows per pass,
+    in passes that pad little (``fedmkt.models.padding``)."""
     rows = _fill_rows(plans)
-    for start in range(0, len(rows), batch_size):
-        batch = [[plans[i] for i in row] for row in rows[start : start + batch_size]]
+    fills = [sum(len(plans[i].ids) for i in row) for row in rows]
+    for pass_rows in low_padding_batches(fills, batch_size):
+        batch = [[plans[i] for i in rows[r]] for r in pass_rows]
         _score_packed_batch(parts, batch, pad_id, device, scores, work)
 
 

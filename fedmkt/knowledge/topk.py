@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from fedmkt.knowledge.kd_loss import IGNORE_INDEX
 from fedmkt.models.heads import SelectiveHead
+from fedmkt.models.padding import low_padding_batches
 from fedmkt.models.work import WorkLedger
 from fedmkt.wire.chunking import KnowledgeSample
 
@@ -255,10 +256,11 @@ def iter_knowledge(
     head: SelectiveHead | None = None,
     work: WorkLedger | None = None,
 ) -> Iterator[KnowledgeSample]:
-    """Knowledge of each sample, computed ``batch_size`` samples at a time.
+    """Knowledge of each sample, computed at most ``batch_size`` samples at a time.
 
-    A sequence of samples is processed longest first (batches then pad little); the samples
-    come out in that order, each with its ``sample_id``. Other iterables keep their order.
+    A sequence of samples is processed longest first, in batches that pad at most
+    ``fedmkt.models.padding.MAX_PADDING`` of their tokens; the samples come out in that order,
+    each with its ``sample_id``. Other iterables keep their order, in batches of ``batch_size``.
 
     Args:
         model: the causal LM (already on ``device``).
@@ -278,9 +280,14 @@ def iter_knowledge(
     head = head or SelectiveHead.for_model(model)
     total = len(encoded_samples) if isinstance(encoded_samples, Sequence) else None
     if isinstance(encoded_samples, Sequence):
-        encoded_samples = sorted(encoded_samples, key=lambda s: -len(s.input_ids))
+        items = list(encoded_samples)
+        batches: Iterable[list[EncodedSample]] = [
+            [items[i] for i in batch]
+            for batch in low_padding_batches([len(s.input_ids) for s in items], batch_size)]
+    else:
+        batches = _batched(encoded_samples, batch_size)
     with tqdm(total=total, disable=not progress, unit="sample", desc="knowledge") as bar:
-        for chunk in _batched(encoded_samples, batch_size):
+        for chunk in batches:
             token_ids = [_as_int_array(s.input_ids, "input_ids", s.sample_id) for s in chunk]
             batch = collate(chunk, device=target)
             found = extract_topk_rows(head, batch, k, positions, work)

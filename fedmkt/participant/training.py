@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fedmkt.errors import FedmktError
+from fedmkt.models.padding import split_batch
 from fedmkt.models.work import WorkLedger
 
 ProgressFn = Callable[[str, int, int, dict[str, float]], None]
@@ -173,6 +174,8 @@ def run_training(
             sums: dict[str, float] = {}
             for start in range(0, len(batches), options.grad_accum):
                 group = batches[start : start + options.grad_accum]
+                if grouped is not None:  # the same samples per step, run with little padding
+                    group = [part for batch in group for part in split_batch(batch, grouped)]
                 metrics = _optimizer_step(model, params, optimizer, group, step_fn, options,
                                           lr_at(step, total, options.learning_rate, warmup),
                                           device, cancel, work)
