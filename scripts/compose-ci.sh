@@ -6,15 +6,17 @@
 #  2. engine     dockerd with its own data root, exec root, socket and pid file
 #  3. base       python:3.11-slim if it can be pulled, else Debian bookworm via mmdebstrap
 #  4. wheelhouse the host's pip fills build/wheelhouse/cpu (torch==2.13.0 pinned)
-#  5. image      docker build -f deploy/Dockerfile (pip --no-index inside)
+#  5. image      docker compose build (deploy/Dockerfile, pip --no-index inside)
 #  6. compose    docker compose up: the tiny two-round federation (deploy/compose/ci.yml);
 #                client-mistral is restarted while round 1 is in progress
 #  7. checks     run job exit 0; report, metrics and adapters on the host; the restart is in the
 #                report (and whether client-mistral was back for round 2); client-gpt2 on its
 #                private JSONL; no client container mounts or can see another client's data,
 #                nor reach another client over the network
-#  8. down       docker compose down (must take seconds: PID 1 handles SIGTERM)
-#  9. k8s        every overlay rendered and validated (scripts/k8s-validate.sh; installs
+#  8. down       docker compose down: every container stops by SIGTERM alone (exit 0)
+#  9. tls        the same with mTLS from compose secrets (deploy/compose/tls.yml + ci-tls.yml):
+#                one tiny round; plaintext and certificate-less callers refused
+# 10. k8s        every overlay rendered and validated (scripts/k8s-validate.sh; installs
 #                kubernetes-validate, and kubectl if missing)
 # The compose project and dockerd are stopped on every exit, also when a step fails (trap).
 # Prints each stage's duration. Needs root (apt-get, dockerd, mmdebstrap).
@@ -50,6 +52,10 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 
 # ---------------------------------------------------------------------------- cleanup (trap)
 compose() { docker compose -f docker-compose.yml -f deploy/compose/ci.yml "$@"; }
+tls_compose() {
+    docker compose -p "$COMPOSE_PROJECT_NAME-tls" -f docker-compose.yml -f deploy/compose/tls.yml \
+        -f deploy/compose/ci-tls.yml "$@"
+}
 # `docker exec` into a service's container (compose v2.40's `exec` against this engine's API
 # 1.41 reports exit code 0 whatever the command returned).
 in_service() { local id; id="$(compose ps -q "$1")"; shift; docker exec "$id" "$@"; }
@@ -67,7 +73,11 @@ cleanup() {
             echo "--- last compose log lines (all in $LOGS/compose.log)"
             tail -n 60 "$LOGS/compose.log"
         fi
-        compose down --volumes --remove-orphans --timeout 15 >/dev/null 2>&1
+        compose down --volumes --remove-orphans --timeout 30 >/dev/null 2>&1
+        if [ "${tls_started:-0}" = 1 ]; then
+            tls_compose logs --no-color --timestamps > "$LOGS/compose-tls.log" 2>&1
+            tls_compose down --volumes --remove-orphans --timeout 30 >/dev/null 2>&1
+        fi
     fi
     if [ "${FEDMKT_CI_KEEP_ENGINE:-0}" != 1 ]; then
         scripts/docker-engine.sh stop
@@ -103,9 +113,8 @@ begin wheelhouse "wheelhouse (host pip, requirements/constraints.txt, torch==2.1
 PYTHON="${PYTHON:-.venv/bin/python}" scripts/wheelhouse.sh cpu
 end
 
-begin image "docker build fedmkt:latest (offline, pip --no-index)"
-docker build -q -f deploy/Dockerfile -t fedmkt:latest \
-    --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg VARIANT=cpu .
+begin image "docker compose build: fedmkt:latest (BuildKit, offline: pip --no-index)"
+compose --progress quiet build cache     # the service with the build section; all share it
 docker image inspect fedmkt:latest --format 'fedmkt:latest {{.Size}} bytes, user {{.Config.User}}'
 [ "$(docker image inspect fedmkt:latest --format '{{.Config.User}}')" = "10001:10001" ] \
     || fail "the image does not run as uid 10001"
@@ -157,7 +166,7 @@ EOF
     then
         echo "--- round 1 in progress, $RESTARTED busy in it: docker compose restart $RESTARTED"
         restart_at=$(date +%s)
-        compose restart --timeout 15 "$RESTARTED"
+        compose restart --timeout 30 "$RESTARTED"
         for _ in $(seq 1 120); do
             in_service "$RESTARTED" python /app/deploy/healthcheck.py 50060 >/dev/null 2>&1 && break
             sleep 1
@@ -285,7 +294,58 @@ if awk '$2 != 0 {bad=1} END {exit !bad}' "$LOGS/down.txt"; then
 fi
 end
 
-# ---------------------------------------------------------------------------- 9 k8s
+# ---------------------------------------------------------------------------- 9 tls
+begin tls "docker compose with mTLS from compose secrets (tls.yml): one tiny round"
+export FEDMKT_CERTS="$WORK/certs"
+"${PYTHON:-.venv/bin/python}" scripts/dev-certs.py "$FEDMKT_CERTS"
+tls_run_id="$FEDMKT_RUN_ID-tls"
+tls_started=1
+FEDMKT_RUN_ID="$tls_run_id" tls_compose up -d --no-build
+run_container="$(tls_compose ps -a -q run)"
+code="$(timeout "$COMPOSE_TIMEOUT" docker wait "$run_container")" || fail "the TLS run did not finish"
+tls_compose logs --no-color run > "$LOGS/run-tls.log" 2>&1 || true
+tail -n 3 "$LOGS/run-tls.log"
+[ "$code" = 0 ] || fail "the TLS run job exited $code"
+[ "$(ls "$FEDMKT_RUNS_DIR/$tls_run_id/adapters" | wc -l)" = 4 ] || fail "TLS run: adapters missing"
+controller="$(tls_compose ps -q controller)"
+# TLS is enforced: plaintext and certificate-less callers are refused, the controller's own
+# certificate gets in (what its calls during the run did).
+if docker exec "$controller" python /app/deploy/healthcheck.py llm:50060 >/dev/null 2>&1; then
+    fail "llm answered a plaintext call"
+fi
+mtls="$(docker exec -i "$controller" python - <<'EOF'
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+def read(path):
+    return open(path, "rb").read()
+
+def check(endpoint, credentials):
+    with grpc.secure_channel(endpoint, credentials) as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                         timeout=10).status
+ca = read("/run/secrets/ca.pem")
+mine = grpc.ssl_channel_credentials(ca, read("/run/secrets/tls-key.pem"),
+                                    read("/run/secrets/tls.pem"))
+for endpoint in ("aligner:50051", "llm:50060", "client-gpt2:50060"):
+    assert check(endpoint, mine) == health_pb2.HealthCheckResponse.SERVING, endpoint
+    try:
+        check(endpoint, grpc.ssl_channel_credentials(ca))
+    except grpc.RpcError:
+        pass
+    else:
+        raise SystemExit(f"{endpoint} accepted a caller without a client certificate")
+print("  mTLS: plaintext refused; no client certificate refused; the controller's certificate "
+      "accepted (aligner, llm, client-gpt2)")
+EOF
+)" || fail "mTLS check failed: $mtls"
+echo "$mtls"
+grep -q "^  mTLS: " <<< "$mtls" || fail "the mTLS check did not run"
+tls_compose down --volumes --remove-orphans --timeout 30
+tls_started=0
+end
+
+# ---------------------------------------------------------------------------- 10 k8s
 begin k8s "kubectl kustomize + kubernetes-validate --strict, every overlay"
 scripts/k8s-validate.sh
 end

@@ -104,6 +104,15 @@ def test_the_ci_federation_is_the_same_federation_in_small() -> None:
     assert ci.quorum.min_clients <= len(ci.clients) - 1
 
 
+def test_the_ci_tls_federation_is_the_ci_one_with_tls() -> None:
+    ci = yaml.safe_load(CI_FEDERATION.read_text())
+    tls = yaml.safe_load((ROOT / "deploy" / "compose" / "ci-tls-federation.yaml").read_text())
+    assert [(p["name"], p["model"], p["endpoint"]) for p in tls["participants"]] == \
+        [(p["name"], p["model"], p["endpoint"]) for p in ci["participants"]]
+    assert tls["tls"] == {"ca": "/run/secrets/ca.pem", "cert": "/run/secrets/tls.pem",
+                          "key": "/run/secrets/tls-key.pem"}
+
+
 def test_kubernetes_gets_the_same_federation_file() -> None:
     assert (K8S_BASE / "federation.yaml").read_bytes() == FEDERATION.read_bytes(), (
         "deploy/k8s/base/federation.yaml must be a copy of deploy/federation.yaml: "
