@@ -6,44 +6,90 @@ lexicographically smallest target string (Python ``str`` order, i.e. code points
 smallest id. The result is exact and deterministic.
 
 How it is fast (the reference computes one Python ``editdistance`` call per pair, tens of
-minutes for 32k × 50k):
+minutes for 32k × 50k; comparing every source with every target of a similar length, even with
+rapidfuzz's SIMD ``cdist``, still takes about a minute for 262k × 49k):
 
 1. Targets are de-duplicated (a string keeps its smallest id) and sorted by string; the
    position in that order, the *rank*, orders candidates exactly as the tie rule does, so the
-   answer is always "the smallest (distance, rank)".
+   answer is always "the smallest (distance, rank)". Sources are searched once per distinct
+   string.
 2. Exact matches come from a dict.
 3. Levenshtein only ever compares a source character with a target character for equality, so
    all characters that occur in no target string are interchangeable: each is replaced by one
    placeholder that occurs in no target either. Sources that become equal share one search.
 4. Distance 1 is found without computing any distance: two strings are one edit apart iff one
    is the other with one character deleted, or both give the same string when the character at
-   the same position is deleted. An index of the targets' one-deletion variants answers that
-   for every source by look-ups.
-5. The remaining sources (distance ≥ 2) are compared with ``rapidfuzz.process.cdist`` against
-   the targets grouped by length, visiting length groups by increasing ``|len(s) - len(t)|``
-   (a lower bound of the distance) and stopping once that bound exceeds the best distance found.
+   the same position is masked. Every such variant of every string is hashed (64-bit
+   polynomial hashes, vectorised with numpy); a source's candidate is the smallest rank whose
+   variant hash equals one of the source's, and it is checked with an exact distance. A hash
+   collision can only make that check fail; such a source is redone with exact string
+   variants, so the result never depends on the hash.
+5. The rest (distance ≥ 2) is searched level by level, k = 2, 3, …: at level k every source
+   not yet resolved is known to have no target within k - 1, so a target within k is at
+   exactly k, and the answer is the smallest-rank target within k. Candidates for level k are
+   the targets that pass the *bag-distance* bound: a string's characters, counted with
+   multiplicity, are features ``(c, j)`` ("at least j + 1 copies of c"); if s (n features)
+   misses x of them in t, then lev(s, t) ≥ max(x, x + m - n) (every edit fixes at most one
+   missing feature on each side), so t is a candidate only if
+   ``x ≤ k - max(0, m - n)`` and ``|m - n| ≤ k``. Two exact ways produce the candidates:
+
+   * *bitsets*: targets are laid out by (length, rank) and each feature has a bitset of the
+     targets that lack it. Saturating bit-sliced counters ("at least 1, 2, …, k + 1 features
+     missing") are updated with a few word operations per feature over the length band of a
+     batch of sources — 64 targets per machine word — and the bound is applied per target
+     length. Features are taken rarest first and sources whose band is exhausted leave early.
+   * *prefix postings* (for sources with rare characters): a candidate must contain at least
+     one of any k - a + 1 features of s (a = features of s that no target has), so the union of
+     the band postings of the rarest k - a + 1 features is a superset of the candidates.
+
+   Candidates are verified with ``rapidfuzz.process.cpdist`` (``score_cutoff=k``) in rank
+   order, in a few rank bands, so that a source stops at the first band holding a target within
+   k; a source with none goes to level k + 1. Each source's first level is raised to the bound
+   given by its features absent from every target and by the target lengths that exist.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from rapidfuzz.distance import Levenshtein
-from rapidfuzz.process import cdist
+from rapidfuzz.process import cpdist
 
 from fedmkt.align.canonical import CanonicalMode, canonical_vocab
 from fedmkt.align.fingerprint import tokenizer_fingerprint
 
-# Upper bound on entries of one cdist result block (int32): 8M entries = 32 MiB.
-BLOCK_ENTRIES = 8_000_000
-# The first band of target lengths searched for a source of length n: |len(t) - n| <= 2.
-FIRST_BAND = 2
+_U64 = np.uint64
+_ALL = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
+# Polynomial hash base and length salt (odd 64-bit constants; arithmetic wraps modulo 2**64).
+_BASE = np.uint64(0x9E37_79B9_7F4A_7C15)
+_SALT = np.uint64(0xC2B2_AE3D_27D4_EB4F)
+# Multiplicities above this are one feature ("at least 127 copies"): only over-counts overlap,
+# which keeps the bound a lower bound.
+_MAX_COPIES = 127
+# Rank tiers, searched in order (upper ends as fractions of the target count): a source that
+# finds a target within k in a tier stops there.
+_TIERS = (1 / 64, 1 / 16, 1 / 4, 1 / 2, 1.0)
+# Cost model for choosing the candidate generator per source (seconds, measured here).
+_COST_VERIFY = 150e-9  # one candidate pair checked by cpdist, gather included
+_COST_WORD = 0.4e-9  # one 64-target word operation of the bitset counters
+# Bitset counter batches hold about this many 64-bit words per level array; they are counted in
+# blocks of about _BLOCK_WORDS words per level, small enough to stay in cache (the counters are
+# memory-bound otherwise).
+_BATCH_WORDS = 1 << 20
+_BLOCK_WORDS = 1 << 14
+# cpdist calls with fewer pairs run on one thread (starting threads costs more than it saves).
+_PARALLEL_PAIRS = 20_000
+# A source's candidates in one tier are checked in rank order in rounds ending at these counts.
+_VERIFY_ROUNDS = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 1 << 62)
+# Candidate pairs generated per batch from the prefix postings (bounds memory).
+_VERIFY_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -53,14 +99,14 @@ class _Targets:
     strings: distinct target strings sorted in ``str`` order; index = rank.
     ids: the smallest target id of each string, by rank (int64).
     rank_of: string → rank.
-    by_length: length → ranks of the strings of that length (ascending).
+    lengths: length of each string, by rank (int64).
     alphabet: every character that occurs in a target string.
     """
 
     strings: list[str]
     ids: np.ndarray
     rank_of: dict[str, int]
-    by_length: dict[int, np.ndarray]
+    lengths: np.ndarray
     alphabet: frozenset[str]
 
 
@@ -71,11 +117,8 @@ def _prepare_targets(target: Sequence[str]) -> _Targets:
     strings = sorted(smallest)
     ids = np.fromiter((smallest[s] for s in strings), dtype=np.int64, count=len(strings))
     rank_of = {s: r for r, s in enumerate(strings)}
-    lengths = np.fromiter((len(s) for s in strings), dtype=np.int64, count=len(strings))
-    by_length = {
-        int(n): np.flatnonzero(lengths == n) for n in np.unique(lengths)
-    }
-    return _Targets(strings, ids, rank_of, by_length, frozenset("".join(strings)))
+    lengths = np.fromiter(map(len, strings), dtype=np.int64, count=len(strings))
+    return _Targets(strings, ids, rank_of, lengths, frozenset("".join(strings)))
 
 
 def _unused_character(used: set[str] | frozenset[str]) -> str:
@@ -95,37 +138,173 @@ def _collapse_foreign(pending: Iterable[str], targets: _Targets) -> dict[str, st
         return {s: s for s in pending}
     placeholder = _unused_character(targets.alphabet)
     table = str.maketrans(dict.fromkeys(foreign, placeholder))
-    return {s: s.translate(table) for s in pending}
+    disjoint = frozenset(foreign).isdisjoint
+    return {s: s if disjoint(s) else s.translate(table) for s in pending}
+
+
+# --------------------------------------------------------------------------- flat code points
+
+
+@dataclass(frozen=True)
+class _Flat:
+    """Strings as one array of code points: string i is ``codes[start[i]:start[i] + lengths[i]]``.
+
+    owner: the string of each code point; offset: its position in that string.
+    """
+
+    codes: np.ndarray
+    start: np.ndarray
+    lengths: np.ndarray
+    owner: np.ndarray
+    offset: np.ndarray
+
+
+def _flat(strings: Sequence[str]) -> _Flat:
+    lengths = np.fromiter(map(len, strings), dtype=np.int64, count=len(strings))
+    # surrogatepass: surrogate-escaped byte tokens are lone surrogates; each is one code point.
+    raw = "".join(strings).encode("utf-32-le", "surrogatepass")
+    codes = np.frombuffer(raw, dtype=np.uint32).astype(np.int64)
+    start = np.zeros(len(strings), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=start[1:])
+    owner = np.repeat(np.arange(len(strings), dtype=np.int64), lengths)
+    offset = np.arange(codes.size, dtype=np.int64) - start[owner]
+    return _Flat(codes, start, lengths, owner, offset)
+
+
+def _first_of_runs(sorted_keys: np.ndarray) -> np.ndarray:
+    """Mask of the first element of each run of equal values in a sorted array."""
+    first = np.ones(sorted_keys.size, dtype=bool)
+    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    return first
 
 
 # --------------------------------------------------------------------------- distance 1
 
 
-def _distance_one(pending: Sequence[str], targets: _Targets) -> dict[str, int]:
+def _powers(count: int) -> np.ndarray:
+    """_BASE ** i for i = 0 … count - 1 (modulo 2**64)."""
+    powers = np.ones(max(count, 1), dtype=_U64)
+    np.cumprod(np.full(powers.size - 1, _BASE, dtype=_U64), out=powers[1:])
+    return powers
+
+
+def _prefix_hashes(flat: _Flat) -> tuple[np.ndarray, np.ndarray]:
+    """Polynomial hashes of every prefix of every string: ``prefix[slot[i] + j]`` hashes the
+    first j characters of string i (j = 0 … len; a character counts as its code + 1)."""
+    n_str = flat.lengths.size
+    max_len = int(flat.lengths.max(initial=0))
+    prefix = np.zeros(flat.codes.size + n_str, dtype=_U64)
+    slot = flat.start + np.arange(n_str, dtype=np.int64)
+    by_length = np.argsort(-flat.lengths, kind="stable")
+    count_longer = np.searchsorted(-flat.lengths[by_length], -np.arange(max_len + 1), "left")
+    digits = (flat.codes + 1).astype(_U64)
+    for j in range(max_len):
+        live = by_length[:count_longer[j]]  # strings longer than j
+        at = slot[live] + j
+        prefix[at + 1] = prefix[at] * _BASE + digits[flat.start[live] + j]
+    return prefix, slot
+
+
+def _variant_hashes(flat: _Flat) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Salted hashes of each string, of each one-deletion variant and of each masked variant.
+
+    Returns (exact [strings], deleted [code points], masked [code points]); the variants of a
+    code point's position, in the order of ``flat.codes``. A masked position counts as code 0
+    (real characters count as code + 1), so masked variants differ from every plain string.
+    """
+    powers = _powers(int(flat.lengths.max(initial=0)) + 1)
+    prefix, slot = _prefix_hashes(flat)
+    length = flat.lengths
+    exact = prefix[slot + length] ^ (length.astype(_U64) * _SALT)
+    own, pos = flat.owner, flat.offset
+    own_len = length[own]
+    base = slot[own]
+    head = prefix[base + pos]
+    whole = prefix[base + own_len]
+    after = prefix[base + pos + 1]
+    tail_len = own_len - pos - 1
+    tail = whole - after * powers[tail_len]
+    deleted = (head * powers[tail_len] + tail) ^ ((own_len - 1).astype(_U64) * _SALT)
+    masked = (head * powers[tail_len + 1] + tail) ^ (own_len.astype(_U64) * _SALT)
+    return exact, deleted, masked
+
+
+def _smallest_rank_table(keys: np.ndarray, ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct keys, sorted, each with the smallest rank that has it."""
+    order = np.argsort(keys)
+    keys, ranks = keys[order], ranks[order]
+    starts = np.flatnonzero(_first_of_runs(keys))
+    if starts.size == 0:
+        return keys, ranks
+    return keys[starts], np.minimum.reduceat(ranks, starts)
+
+
+def _look_up(table: tuple[np.ndarray, np.ndarray], queries: np.ndarray, none: int) -> np.ndarray:
+    keys, ranks = table
+    if keys.size == 0:
+        return np.full(queries.size, none, dtype=np.int64)
+    order = np.argsort(queries)
+    where = np.searchsorted(keys, queries[order])
+    where = np.minimum(where, keys.size - 1)
+    found = np.where(keys[where] == queries[order], ranks[where], none)
+    out = np.empty(queries.size, dtype=np.int64)
+    out[order] = found
+    return out
+
+
+def _distance_one(pending: Sequence[str], targets: _Targets, workers: int) -> dict[str, int]:
     """Smallest rank at distance exactly 1, for every pending string that has one.
 
     ``pending`` strings have no exact match, so every target found here is at distance 1.
     t is one edit from s iff t is s with one character deleted, s is t with one character
     deleted (an insertion), or s and t have the same length and the same string with the
-    character at one position i replaced by a wildcard (a substitution).
+    character at one position i masked (a substitution). Variants are compared by hash and the
+    winner is checked exactly; see :func:`_distance_one_exact` for the collision fallback.
     """
+    if not pending:
+        return {}
+    none = len(targets.strings)
+    t_flat, s_flat = _flat(targets.strings), _flat(pending)
+    t_exact, t_deleted, t_masked = _variant_hashes(t_flat)
+    s_exact, s_deleted, s_masked = _variant_hashes(s_flat)
+    t_rank = np.arange(none, dtype=np.int64)
+    best = _look_up(_smallest_rank_table(t_deleted, t_flat.owner), s_exact, none)
+    from_deleted = _look_up(_smallest_rank_table(t_exact, t_rank), s_deleted, none)
+    from_masked = _look_up(_smallest_rank_table(t_masked, t_flat.owner), s_masked, none)
+    np.minimum.at(best, s_flat.owner, np.minimum(from_deleted, from_masked))
+    hit = np.flatnonzero(best < none)
+    found: dict[str, int] = {}
+    if hit.size:
+        checked = cpdist([pending[i] for i in hit.tolist()],
+                         [targets.strings[r] for r in best[hit].tolist()],
+                         scorer=Levenshtein.distance, score_cutoff=1, dtype=np.int32,
+                         workers=workers)
+        ok = checked == 1
+        found = {pending[i]: r for i, r in zip(hit[ok].tolist(), best[hit[ok]].tolist(),
+                                                strict=True)}
+        if not ok.all():  # a hash collision: redo those sources exactly
+            found.update(_distance_one_exact([pending[i] for i in hit[~ok].tolist()], targets))
+    return found
+
+
+def _distance_one_exact(pending: Sequence[str], targets: _Targets) -> dict[str, int]:
+    """:func:`_distance_one` with exact string variants in dicts (slow; collision fallback)."""
     strings = targets.strings
     wildcard = _unused_character(targets.alphabet | set("".join(pending)))
-    # Ranks descend so that each key keeps its smallest rank (later items overwrite).
-    order = range(len(strings) - 1, -1, -1)
-    deleted = {t[:i] + t[i + 1:]: r for r in order for t in (strings[r],) for i in range(len(t))}
-    masked = {
-        t[:i] + wildcard + t[i + 1:]: r for r in order for t in (strings[r],) for i in range(len(t))
-    }
-    rank_of = targets.rank_of
-    none = len(strings)
+    lengths = {len(s) for s in pending}
+    order = range(len(strings) - 1, -1, -1)  # later items overwrite: smallest rank wins
+    deleted = {t[:i] + t[i + 1:]: r for r in order for t in (strings[r],)
+               if len(t) - 1 in lengths for i in range(len(t))}
+    masked = {t[:i] + wildcard + t[i + 1:]: r for r in order for t in (strings[r],)
+              if len(t) in lengths for i in range(len(t))}
+    rank_of, none = targets.rank_of, len(strings)
     found: dict[str, int] = {}
     for s in pending:
-        best = deleted.get(s, none)  # a target is s with one character inserted
+        best = deleted.get(s, none)
         for i in range(len(s)):
             head, tail = s[:i], s[i + 1:]
-            best = min(best, rank_of.get(head + tail, none), masked.get(head + wildcard + tail,
-                                                                        none))
+            best = min(best, rank_of.get(head + tail, none),
+                       masked.get(head + wildcard + tail, none))
         if best < none:
             found[s] = best
     return found
@@ -134,63 +313,476 @@ def _distance_one(pending: Sequence[str], targets: _Targets) -> dict[str, int]:
 # --------------------------------------------------------------------------- distance ≥ 2
 
 
-def _length_search(pending: list[str], targets: _Targets, workers: int,
-                   progress: bool) -> dict[str, int]:
-    """Smallest (distance, rank) for every pending string, by cdist over target length groups.
+def _feature_codes(flat: _Flat) -> np.ndarray:
+    """The feature ``(c, j)`` of each code point: c with j copies of c before it in its string,
+    as ``c * 128 + min(j, 127)``."""
+    key = flat.owner * 0x20_0000 + flat.codes  # code points < 2**21
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    first = _first_of_runs(sorted_key)
+    run_start = np.maximum.accumulate(np.where(first, np.arange(key.size), 0))
+    copies = np.arange(key.size) - run_start
+    out = np.empty(key.size, dtype=np.int64)
+    out[order] = flat.codes[order] * (_MAX_COPIES + 1) + np.minimum(copies, _MAX_COPIES)
+    return out
 
-    Sources are taken by length n and compared with the targets of length m in increasing
-    ``|m - n|`` (a lower bound of the distance): first all groups with ``|m - n| <= 2`` in one
-    band, then one gap at a time, each only for the sources whose best distance so far is at
-    least that gap (a tie can still lower the rank), until no source needs more.
+
+class _Index:
+    """Targets laid out for the level search.
+
+    Ranks are cut into tiers (:data:`_TIERS`); positions order the targets by (tier, length,
+    rank), so the targets of one tier and one length are a contiguous run of positions
+    ``start[t, m] … start[t, m + 1]`` and ``rank_at[p]`` is the rank at position p. Features
+    are numbered 0 … F - 1; ``posting`` holds ``fid * R + position`` sorted, one entry per
+    (feature, target that has it). Bitsets of the targets *lacking* a feature (bit p of word
+    p // 64) are built on demand.
     """
-    found: dict[str, int] = {}
-    by_source_length: defaultdict[int, list[str]] = defaultdict(list)
-    for s in pending:
-        by_source_length[len(s)].append(s)
-    bar = _progress_bar(len(pending), progress)
-    for n, group in sorted(by_source_length.items()):
-        best_d = np.full(len(group), np.iinfo(np.int64).max, dtype=np.int64)
-        best_r = np.full(len(group), len(targets.strings), dtype=np.int64)
-        max_gap = max(abs(m - n) for m in targets.by_length)
-        gaps = [(0, min(FIRST_BAND, max_gap))]
-        gaps += [(g, g) for g in range(FIRST_BAND + 1, max_gap + 1)]
-        for lo, hi in gaps:
-            active = np.flatnonzero(best_d >= lo)
-            if active.size == 0:
+
+    def __init__(self, targets: _Targets) -> None:
+        lengths = targets.lengths
+        self.size = size = lengths.size
+        self.max_length = max_length = int(lengths.max(initial=0))
+        cuts = [0] + [max(1, int(np.ceil(size * f))) for f in _TIERS[:-1]] + [size]
+        self.tier_cut = np.maximum.accumulate(np.array(cuts, dtype=np.int64))
+        tier = np.searchsorted(self.tier_cut, np.arange(size), "right") - 1
+        # ranks ascend within (tier, length) because lexsort is stable over rank order
+        self.rank_at = np.lexsort((lengths, tier))
+        position = np.empty(size, dtype=np.int64)
+        position[self.rank_at] = np.arange(size)
+        cells = np.bincount(tier * (max_length + 1) + lengths,
+                            minlength=len(_TIERS) * (max_length + 1))
+        start = np.zeros(len(_TIERS) * (max_length + 1) + 1, dtype=np.int64)
+        np.cumsum(cells, out=start[1:])
+        # start[t, m]: first position of tier t with length >= m (m = max_length + 1: tier end)
+        self.start = np.concatenate([start[:-1].reshape(len(_TIERS), max_length + 1),
+                                     start[max_length + 1::max_length + 1, None]], axis=1)
+        self.length_count = np.bincount(lengths, minlength=max_length + 1)
+        flat = _flat(targets.strings)
+        codes = _feature_codes(flat)
+        order = np.argsort(codes, kind="stable")
+        sorted_codes = codes[order]
+        first = _first_of_runs(sorted_codes)
+        self.feature_code = sorted_codes[first]
+        fid = np.empty(codes.size, dtype=np.int64)
+        fid[order] = np.cumsum(first) - 1
+        self.posting = np.sort(fid * size + position[flat.owner])
+        # one extra trailing 0 so that fid -1 (no target has it) reads a count of 0
+        self.posting_count = np.zeros(self.feature_code.size + 1, dtype=np.int64)
+        self.posting_count[:-1] = np.diff(np.searchsorted(
+            self.posting, np.arange(self.feature_code.size + 1, dtype=np.int64) * size))
+        self.words = (size + 63) // 64
+        self._row_of = np.full(self.feature_code.size, -1, dtype=np.int64)
+        self._absent = np.zeros((64, self.words), dtype=_U64)  # row 0: never absent
+        self._rows = 1
+
+    def fids(self, codes: np.ndarray) -> np.ndarray:
+        """Feature id of each code, -1 where no target has it."""
+        if self.feature_code.size == 0:
+            return np.full(codes.size, -1, dtype=np.int64)
+        where = np.minimum(np.searchsorted(self.feature_code, codes), self.feature_code.size - 1)
+        return np.where(self.feature_code[where] == codes, where, -1)
+
+    def band(self, tier: int, n: int | np.ndarray, k: int) -> tuple[Any, Any]:
+        """Positions [lo, hi) of the tier's targets with ``|m - n| <= k``."""
+        lo = np.clip(n - k, 0, self.max_length + 1)
+        hi = np.clip(n + k + 1, 0, self.max_length + 1)
+        return self.start[tier, lo], self.start[tier, hi]
+
+    def band_size(self, n: np.ndarray, k: int) -> np.ndarray:
+        """How many targets have ``|m - n| <= k``."""
+        cum = np.concatenate([[0], np.cumsum(self.length_count)])
+        lo = np.clip(n - k, 0, self.max_length + 1)
+        hi = np.clip(n + k + 1, 0, self.max_length + 1)
+        return cum[hi] - cum[lo]
+
+    def absent_rows(self, fid: np.ndarray) -> np.ndarray:
+        """Row of each feature's absent-bitset (0, never absent, for fid < 0); builds new ones."""
+        real = fid >= 0
+        new = fid[real]
+        new = np.sort(new[self._row_of[new] < 0])
+        if new.size:
+            self._build(new[_first_of_runs(new)])
+        rows = np.zeros(fid.shape, dtype=np.int64)
+        rows[real] = self._row_of[fid[real]]
+        return rows
+
+    def _build(self, new: np.ndarray) -> None:
+        first_row = self._rows
+        lo = np.searchsorted(self.posting, new * self.size)
+        count = self.posting_count[new]
+        entry = np.repeat(lo - np.cumsum(count) + count, count) + np.arange(count.sum())
+        local = np.repeat(np.arange(new.size, dtype=np.int64), count)
+        position = self.posting[entry] - new[local] * self.size
+        cell = local * self.words + (position >> 6)  # ascending: postings ascend per feature
+        bit = np.left_shift(_U64(1), (position & 63).astype(_U64))
+        rows = np.full((new.size, self.words), _ALL, dtype=_U64)
+        if cell.size:
+            starts = np.flatnonzero(_first_of_runs(cell))
+            present = np.add.reduceat(bit, starts)  # distinct bits: the sum is the union
+            rows.reshape(-1)[cell[starts]] = ~present
+        need = first_row + new.size
+        if need > self._absent.shape[0]:
+            grown = np.empty((max(need, 2 * self._absent.shape[0]), self.words), dtype=_U64)
+            grown[:first_row] = self._absent[:first_row]
+            self._absent = grown
+        self._absent[first_row:need] = rows
+        self._rows = need
+        self._row_of[new] = first_row + np.arange(new.size)
+
+    @property
+    def absent(self) -> np.ndarray:
+        """Absent-target bitsets, one row per built feature (row 0: never absent)."""
+        return self._absent
+
+
+def _range_mask(lo: int, hi: int, w0: int, words: int) -> np.ndarray:
+    """Bits of positions [lo, hi) within words [w0, w0 + words), as uint64 words."""
+    bits = np.zeros(words * 64, dtype=bool)
+    bits[max(lo - w0 * 64, 0):max(hi - w0 * 64, 0)] = True
+    return np.packbits(bits, bitorder="little").view(_U64)
+
+
+class _LevelSearch:
+    """The search for the sources not resolved at distance ≤ 1 (module docstring, 5)."""
+
+    def __init__(self, rest: list[str], targets: _Targets, workers: int) -> None:
+        self.rest = rest
+        self.workers = workers
+        self.index = index = _Index(targets)
+        self.rest_obj = np.array(rest, dtype=object)
+        self.target_obj = np.array(targets.strings, dtype=object)
+        flat = _flat(rest)
+        self.n = flat.lengths
+        fid = index.fids(_feature_codes(flat))
+        absent = fid < 0
+        self.base = np.bincount(flat.owner[absent], minlength=len(rest)).astype(np.int64)
+        # present features of each source, rarest first (ties by fid), in one flat array
+        count = index.posting_count[fid]
+        keep = ~absent
+        order = np.lexsort((fid[keep], count[keep], flat.owner[keep]))
+        self.feat = fid[keep][order]
+        self.feat_count = count[keep][order]
+        self.feat_start = np.zeros(len(rest) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(flat.owner[keep], minlength=len(rest)), out=self.feat_start[1:])
+        self.best_rank = np.full(len(rest), -1, dtype=np.int64)
+        self.bar: Any = None
+        self.lock = threading.Lock()
+        self.threads = (os.cpu_count() or 1) if workers < 0 else max(1, workers)
+
+    def run(self, bar: Any) -> dict[str, int]:
+        """Resolve every source; returns string → rank."""
+        self.bar = bar
+        index, n = self.index, self.n
+        lengths = np.flatnonzero(index.length_count)  # target lengths that exist
+        gap = (np.abs(n[:, None] - lengths[None, :]).min(axis=1) if lengths.size
+               else n)
+        level = np.maximum(np.maximum(self.base, gap), 2)
+        todo = np.arange(len(self.rest), dtype=np.int64)
+        while todo.size:
+            k = int(level[todo].min())
+            now = todo[level[todo] == k]
+            use_prefix = self._prefers_prefix(now, k)
+            self._prefix_level(now[use_prefix], k)
+            self._bitset_search(now[~use_prefix], k)  # runs those sources to the end
+            level[now] = k + 1
+            todo = todo[self.best_rank[todo] < 0]
+        return dict(zip(self.rest, self.best_rank.tolist(), strict=True))
+
+    def _resolve(self, src: np.ndarray, rank: np.ndarray) -> None:
+        self.best_rank[src] = rank
+        if self.bar is not None:
+            with self.lock:
+                self.bar.update(src.size)
+
+    # ------------------------------------------------------------------ prefix postings
+
+    def _prefix_features(self, sources: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(source slot, fid) of the k - a + 1 rarest present features of each source, where
+        possible (a source with fewer present features gets none)."""
+        present = self.feat_start[sources + 1] - self.feat_start[sources]
+        want = k - self.base[sources] + 1
+        reps = np.where(want <= present, want, 0)
+        slot = np.repeat(np.arange(sources.size), reps)
+        offset = np.arange(slot.size) - np.repeat(np.cumsum(reps) - reps, reps)
+        return slot, self.feat_start[sources[slot]] + offset
+
+    def _prefers_prefix(self, sources: np.ndarray, k: int) -> np.ndarray:
+        """Whether the prefix postings look cheaper than the bitset counters for each source."""
+        index = self.index
+        n = self.n[sources]
+        band = index.band_size(n, k)
+        slot, at = self._prefix_features(sources, k)
+        cost = np.full(sources.size, np.inf)
+        cost[np.bincount(slot, minlength=sources.size) > 0] = 0.0
+        share = band[slot] / max(index.size, 1)  # postings in the band, roughly
+        np.add.at(cost, slot, self.feat_count[at] * share * _COST_VERIFY)
+        present = self.feat_start[sources + 1] - self.feat_start[sources]
+        words = band / 64 + len(_TIERS)
+        planes = np.log2(present + 2)
+        bitset = (present + 2 * (k + 1)) * 2 * planes * words * _COST_WORD
+        return cost <= bitset
+
+    def _prefix_level(self, sources: np.ndarray, k: int) -> None:
+        """Level k for ``sources`` from the band postings of their rarest features."""
+        if sources.size == 0:
+            return
+        index = self.index
+        slot, at = self._prefix_features(sources, k)
+        fid = self.feat[at]
+        n = self.n[sources[slot]]
+        for t in range(len(_TIERS)):
+            live = self.best_rank[sources[slot]] < 0
+            slot, fid, n = slot[live], fid[live], n[live]
+            if slot.size == 0:
+                return
+            p0, p1 = index.band(t, n, k)
+            lo = np.searchsorted(index.posting, fid * index.size + p0)
+            hi = np.searchsorted(index.posting, fid * index.size + p1)
+            count = hi - lo
+            for part in _chunks(count, _VERIFY_CHUNK):
+                c = count[part]
+                entry = np.repeat(lo[part] - np.cumsum(c) + c, c) + np.arange(c.sum())
+                position = index.posting[entry] - np.repeat(fid[part], c) * index.size
+                self._verify(sources[np.repeat(slot[part], c)], index.rank_at[position], k)
+
+    # ------------------------------------------------------------------ bitset counters
+
+    # ------------------------------------------------------------------ verification
+
+    def _verify(self, src: np.ndarray, rank: np.ndarray, k: int, workers: int | None = None
+                ) -> None:
+        """Check candidate pairs (none within k - 1, all in one rank tier that no earlier tier
+        resolved); a source with a target within k takes the smallest such rank. Each source's
+        candidates are checked in rank order, a few at a time, up to its first hit."""
+        live = self.best_rank[src] < 0
+        src, rank = src[live], rank[live]
+        if src.size == 0:
+            return
+        size = self.index.size
+        key = np.sort(src * size + rank)
+        src, rank = key // size, key % size
+        first = _first_of_runs(src)
+        nth = np.arange(src.size) - np.maximum.accumulate(np.where(first, np.arange(src.size), 0))
+        by_nth = np.argsort(nth, kind="stable")  # (nth, source, rank) order
+        bounds = np.searchsorted(nth[by_nth], _VERIFY_ROUNDS[:-1]).tolist() + [src.size]
+        lo = 0
+        for hi in bounds:
+            sel = np.sort(by_nth[lo:hi])  # back to (source, rank) order
+            lo = hi
+            if sel.size == 0:
                 break
-            band = [m for m in targets.by_length if lo <= abs(m - n) <= hi]
-            if band:
-                ranks = np.sort(np.concatenate([targets.by_length[m] for m in band]))
-                _search_band([group[i] for i in active.tolist()], active, targets, ranks,
-                             best_d, best_r, workers)
-        for s, r in zip(group, best_r.tolist(), strict=True):
-            found[s] = r
-        if bar is not None:
-            bar.update(len(group))
-    if bar is not None:
-        bar.close()
-    return found
+            sel = sel[self.best_rank[src[sel]] < 0]
+            if sel.size == 0:
+                continue
+            s, r = src[sel], rank[sel]
+            d = cpdist(self.rest_obj[s].tolist(), self.target_obj[r].tolist(),
+                       scorer=Levenshtein.distance, score_cutoff=k, dtype=np.int32,
+                       workers=((self.workers if workers is None else workers)
+                                if s.size >= _PARALLEL_PAIRS else 1))
+            hit = np.flatnonzero(d <= k)
+            if hit.size:
+                s, r = s[hit], r[hit]  # sorted by (source, rank): the first hit per source
+                first = _first_of_runs(s)
+                self._resolve(s[first], r[first])
+
+    def _bitset_search(self, sources: np.ndarray, k: int) -> None:
+        """Levels k, k + 1, … for ``sources`` with the bitset counters, until all resolve.
+
+        Chunks (sources of one length) run on a thread pool: numpy and rapidfuzz release the
+        GIL, the chunks touch disjoint sources, and every bitset is built beforehand.
+        """
+        if sources.size == 0:
+            return
+        index = self.index
+        spans = [np.arange(a, b) for a, b in
+                 zip(self.feat_start[sources].tolist(), self.feat_start[sources + 1].tolist(),
+                     strict=True)]
+        index.absent_rows(self.feat[np.concatenate(spans)] if spans else np.zeros(0, np.int64))
+        chunks: list[tuple[np.ndarray, int]] = []
+        for length in _distinct(self.n[sources]):
+            group = sources[self.n[sources] == length]
+            present = self.feat_start[group + 1] - self.feat_start[group]
+            group = group[np.argsort(present, kind="stable")]
+            words = int(index.band_size(np.array([length]), k + 3)[0]) // 64 + 2 * len(_TIERS)
+            planes = (int(present.max(initial=0)) + 1).bit_length()
+            size = max(64, _BATCH_WORDS // max(words * planes, 1))
+            chunks += [(group[c0:c0 + size], length) for c0 in range(0, group.size, size)]
+        chunks.sort(key=lambda c: -c[0].size * index.band_size(np.array([c[1]]), k)[0])
+        threads = min(self.threads, len(chunks))
+        if threads <= 1:
+            for rows, length in chunks:
+                _BitsetChunk(self, rows, length, self.workers).run(k)
+            return
+        with ThreadPoolExecutor(threads) as pool:
+            for done in [pool.submit(_BitsetChunk(self, rows, length, 1).run, k)
+                         for rows, length in chunks]:
+                done.result()
 
 
-def _search_band(rows: list[str], where: np.ndarray, targets: _Targets, ranks: np.ndarray,
-                 best_d: np.ndarray, best_r: np.ndarray, workers: int) -> None:
-    """Update ``(best_d, best_r)[where]`` for source strings ``rows`` with targets ``ranks``.
+class _BitsetChunk:
+    """Sources of one length searched together with bit-sliced counters (module docstring, 5).
 
-    ``ranks`` ascend, so the first minimum of a row is the smallest rank at that distance.
+    For each rank tier, ``planes[t][b, row, w]`` is bit b of the number of the row's features
+    that the targets of word ``origin[t] + w`` lack; words are counted when a level's length
+    band first reaches them (every word once: a target's count does not depend on the level).
     """
-    choices = [targets.strings[r] for r in ranks.tolist()]
-    rows_per_block = max(1, BLOCK_ENTRIES // len(choices))
-    for start in range(0, len(rows), rows_per_block):
-        block = slice(start, start + rows_per_block)
-        dist = cdist(rows[block], choices, scorer=Levenshtein.distance, dtype=np.int32,
-                     workers=workers)
-        first = dist.argmin(axis=1)
-        d = dist[np.arange(dist.shape[0]), first].astype(np.int64)
-        r = ranks[first]
-        idx = where[block]
-        better = (d < best_d[idx]) | ((d == best_d[idx]) & (r < best_r[idx]))
-        best_d[idx[better]] = d[better]
-        best_r[idx[better]] = r[better]
+
+    def __init__(self, search: _LevelSearch, rows: np.ndarray, n: int, workers: int) -> None:
+        self.search, self.index, self.n, self.workers = search, search.index, n, workers
+        rows = rows[np.argsort(search.base[rows], kind="stable")]
+        self.rows = rows
+        feat_start, feat = search.feat_start, search.feat
+        have = feat_start[rows + 1] - feat_start[rows]
+        slots = int(have.max(initial=0))
+        slot = np.arange(slots)
+        at = np.minimum(feat_start[rows][:, None] + slot[None, :], max(feat.size - 1, 0))
+        fid = (np.where(slot[None, :] < have[:, None], feat[at], -1) if feat.size
+               else np.full((rows.size, slots), -1, dtype=np.int64))
+        self.absent_row = self.index.absent_rows(fid.reshape(-1)).reshape(rows.size, slots)
+        self.bits = (slots + 1).bit_length()  # counts stay below 2**bits - 1
+        self.base = search.base[rows]
+        self._runs()
+        self.origin = [0] * len(_TIERS)
+        self.counted = [(0, 0)] * len(_TIERS)  # counted target words [lo, hi) per tier
+        self.planes = [np.zeros((self.bits, rows.size, 0), dtype=_U64) for _ in _TIERS]
+
+    def run(self, k: int) -> None:
+        index, n = self.index, self.n
+        while self.rows.size:
+            for t in range(len(_TIERS)):
+                p0, p1 = index.band(t, n, k)
+                p0, p1 = int(p0), int(p1)
+                if p1 <= p0:
+                    continue
+                self._ensure(t, p0 // 64, (p1 + 63) // 64, k)
+                self._extract(t, k)
+                live = self.search.best_rank[self.rows] < 0
+                if not live.any():
+                    return
+                if live.sum() * 4 <= self.rows.size * 3:  # drop resolved rows
+                    self.rows, self.base = self.rows[live], self.base[live]
+                    self.absent_row = self.absent_row[live]
+                    self.planes = [np.ascontiguousarray(p[:, live]) for p in self.planes]
+                    self._runs()
+            k += 1
+
+    def _runs(self) -> None:
+        """Runs of rows with equal base (features of the row that no target has)."""
+        starts = np.flatnonzero(_first_of_runs(self.base))
+        ends = np.append(starts[1:], self.base.size)
+        self.base_runs = list(zip(starts.tolist(), ends.tolist(),
+                                  self.base[starts].tolist(), strict=True))
+
+    def _ensure(self, t: int, w0: int, w1: int, k: int) -> None:
+        """Count tier t's target words [w0, w1) (those not counted yet)."""
+        lo, hi = self.counted[t]
+        if lo < hi and w0 >= lo and w1 <= hi:
+            return
+        origin, planes = self.origin[t], self.planes[t]
+        if not (origin <= w0 and w1 <= origin + planes.shape[2]):
+            # room for a few more levels, so that the storage is rarely copied
+            q0, q1 = self.index.band(t, self.n, k + 3)
+            g0, g1 = min(int(q0) // 64, w0), max((int(q1) + 63) // 64, w1)
+            grown = np.zeros((self.bits, self.rows.size, g1 - g0), dtype=_U64)
+            if lo < hi:
+                grown[:, :, lo - g0:hi - g0] = planes[:, :, lo - origin:hi - origin]
+            self.origin[t], self.planes[t] = origin, planes = g0, grown
+        if lo >= hi:  # nothing counted yet
+            self._count(planes, w0, w1, origin)
+            self.counted[t] = (w0, w1)
+            return
+        if w0 < lo:
+            self._count(planes, w0, lo, origin)
+        if w1 > hi:
+            self._count(planes, hi, w1, origin)
+        self.counted[t] = (min(w0, lo), max(w1, hi))
+
+    def _count(self, planes: np.ndarray, w0: int, w1: int, origin: int) -> None:
+        """Add each feature slot's missing-bits of target words [w0, w1) into the counters, a
+        block of rows at a time so that the block stays in cache."""
+        absent = self.index.absent
+        rows = planes.shape[1]
+        step = max(8, _BLOCK_WORDS // max(w1 - w0, 1))
+        spare = np.empty((min(step, rows), w1 - w0), dtype=_U64)
+        for r0 in range(0, rows, step):
+            view = planes[:, r0:r0 + step, w0 - origin:w1 - origin]
+            for j in range(self.absent_row.shape[1]):
+                # (fancy indexing with a slice: np.take on a sliced view is far slower)
+                c, s = absent[self.absent_row[r0:r0 + step, j], w0:w1], spare[:view.shape[1]]
+                # ripple-carry add of one bit per target; after slot j a count is at most j + 1
+                for b in range((j + 1).bit_length()):
+                    np.bitwise_and(view[b], c, out=s)
+                    np.bitwise_xor(view[b], c, out=view[b])
+                    c, s = s, c
+
+    def _below(self, t: int, p0: int, p1: int, allowed: int, out: np.ndarray,
+               w_out: int) -> None:
+        """OR into ``out`` (words from w_out) the bits of positions [p0, p1) of tier t whose
+        row has at most ``allowed - base`` missing features (rows are sorted by base)."""
+        w0, w1 = p0 // 64, (p1 + 63) // 64
+        planes = self.planes[t][:, :, w0 - self.origin[t]:w1 - self.origin[t]]
+        top = (1 << self.bits) - 1
+        for r0, r1, base in self.base_runs:
+            bound = min(max(allowed - base + 1, 0), top)  # count < bound
+            if bound == 0:
+                continue
+            view = planes[:, r0:r1]
+            less = np.zeros(view.shape[1:], dtype=_U64)
+            equal: np.ndarray | None = None  # None: all ones
+            for b in range(self.bits - 1, -1, -1):
+                x = view[b]
+                if (bound >> b) & 1:
+                    less |= ~x if equal is None else equal & ~x
+                    equal = x.copy() if equal is None else equal & x
+                else:
+                    equal = ~x if equal is None else equal & ~x
+            less[:, 0] &= _ALL << _U64(p0 & 63)  # positions before p0 in the first word
+            if p1 & 63:
+                less[:, -1] &= ~(_ALL << _U64(p1 & 63))  # positions from p1 in the last word
+            out[r0:r1, w0 - w_out:w1 - w_out] |= less
+
+    def _extract(self, t: int, k: int) -> None:
+        """Candidates of tier t at level k, verified."""
+        index, n = self.index, self.n
+        top = index.max_length + 1
+        p0, p1 = index.band(t, n, k)
+        w0, w1 = int(p0) // 64, (int(p1) + 63) // 64
+        result = np.zeros((self.rows.size, w1 - w0), dtype=_U64)
+        # lengths m <= n: k missing features allowed; m = n + d: k - d
+        ranges = [(int(index.start[t, min(max(n - k, 0), top)]),
+                   int(index.start[t, min(n + 1, top)]), k)]
+        ranges += [(int(index.start[t, min(n + d, top)]), int(index.start[t, min(n + d + 1, top)]),
+                    k - d) for d in range(1, k + 1)]
+        for q0, q1, allowed in ranges:
+            if q1 > q0:
+                self._below(t, q0, q1, allowed, result, w0)
+        flat = np.flatnonzero(result)
+        if flat.size == 0:
+            return
+        row, word = np.divmod(flat, result.shape[1])
+        bits = np.unpackbits(result.reshape(-1)[flat].view(np.uint8).reshape(-1, 8), axis=1,
+                             bitorder="little")
+        hit, bit = np.nonzero(bits)
+        position = (w0 + word[hit]) * 64 + bit
+        self.search._verify(self.rows[row[hit]], index.rank_at[position], k, self.workers)
+
+
+def _chunks(count: np.ndarray, limit: int) -> Iterator[slice]:
+    """Consecutive slices of ``count`` whose sums stay near ``limit`` (at least one item)."""
+    ends = np.cumsum(count)
+    start, done = 0, 0
+    while start < count.size:
+        stop = max(int(np.searchsorted(ends, done + limit, "right")), start + 1)
+        yield slice(start, stop)
+        done = int(ends[stop - 1])
+        start = stop
+
+
+def _distinct(values: np.ndarray) -> list[int]:
+    """Distinct values of a non-negative int array, ascending (np.unique is slow here)."""
+    if values.size == 0:
+        return []
+    return np.flatnonzero(np.bincount(values)).tolist()
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:
@@ -213,15 +805,19 @@ def build_vocab_map(source: Sequence[str], target: Sequence[str], *, workers: in
     if len(target) == 0:
         raise ValueError("cannot map onto an empty target vocabulary")
     targets = _prepare_targets(target)
-    collapsed = _collapse_foreign({s for s in source if s not in targets.rank_of}, targets)
+    rank_of = targets.rank_of
+    collapsed = _collapse_foreign({s for s in source if s not in rank_of}, targets)
     keys = sorted(set(collapsed.values()))
-    best = _distance_one(keys, targets)
+    best = _distance_one(keys, targets, workers)
     rest = [k for k in keys if k not in best]
     if rest:
-        best.update(_length_search(rest, targets, workers, progress))
-    rank_of = targets.rank_of
-    ranks = np.fromiter((rank_of[s] if s in rank_of else best[collapsed[s]] for s in source),
-                        dtype=np.int64, count=len(source))
+        bar = _progress_bar(len(rest), progress)
+        best.update(_LevelSearch(rest, targets, workers).run(bar))
+        if bar is not None:
+            bar.close()
+    final = dict(rank_of)
+    final.update(zip(collapsed, map(best.__getitem__, collapsed.values()), strict=True))
+    ranks = np.fromiter(map(final.__getitem__, source), dtype=np.int64, count=len(source))
     return targets.ids[ranks].astype(np.int32)
 
 
