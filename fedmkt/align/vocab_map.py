@@ -60,7 +60,7 @@ from typing import Any
 
 import numpy as np
 from rapidfuzz.distance import Levenshtein
-from rapidfuzz.process import cpdist
+from rapidfuzz.process import cdist, cpdist
 
 from fedmkt.align.canonical import CanonicalMode, canonical_vocab
 from fedmkt.align.fingerprint import tokenizer_fingerprint
@@ -82,8 +82,17 @@ _COST_WORD = 0.4e-9  # one 64-target word operation of the bitset counters
 # Bitset counter batches hold about this many 64-bit words per level array; they are counted in
 # blocks of about _BLOCK_WORDS words per level, small enough to stay in cache (the counters are
 # memory-bound otherwise).
-_BATCH_WORDS = 1 << 20
+_BATCH_WORDS = 1 << 22
 _BLOCK_WORDS = 1 << 14
+# Source states in the level search (best_rank): not resolved yet / handed to the band search.
+_OPEN, _ROUTED = -1, -2
+# A source whose candidates (checked so far plus those of the tier at hand) exceed
+# _ROUTE_AFTER + band size / _ROUTE_RATIO, and whose first _ROUTE_AFTER candidates of the tier
+# miss, is finished by the band search instead: checking a candidate costs about as much as
+# _ROUTE_RATIO pairs of a SIMD cdist.
+_ROUTE_AFTER, _ROUTE_RATIO = 32, 10
+# Entries of one cdist result block in the band search (int32): 8M entries = 32 MiB.
+_BLOCK_ENTRIES = 8_000_000
 # cpdist calls with fewer pairs run on one thread (starting threads costs more than it saves).
 _PARALLEL_PAIRS = 20_000
 # A source's candidates in one tier are checked in rank order in rounds ending at these counts.
@@ -339,7 +348,7 @@ class _Index:
     """
 
     def __init__(self, targets: _Targets) -> None:
-        lengths = targets.lengths
+        self.lengths = lengths = targets.lengths
         self.size = size = lengths.size
         self.max_length = max_length = int(lengths.max(initial=0))
         cuts = [0] + [max(1, int(np.ceil(size * f))) for f in _TIERS[:-1]] + [size]
@@ -356,7 +365,9 @@ class _Index:
         # start[t, m]: first position of tier t with length >= m (m = max_length + 1: tier end)
         self.start = np.concatenate([start[:-1].reshape(len(_TIERS), max_length + 1),
                                      start[max_length + 1::max_length + 1, None]], axis=1)
+        self.start_rows = self.start.tolist()
         self.length_count = np.bincount(lengths, minlength=max_length + 1)
+        self.length_cum = np.concatenate([[0], np.cumsum(self.length_count)])
         flat = _flat(targets.strings)
         codes = _feature_codes(flat)
         order = np.argsort(codes, kind="stable")
@@ -374,6 +385,7 @@ class _Index:
         self._row_of = np.full(self.feature_code.size, -1, dtype=np.int64)
         self._absent = np.zeros((64, self.words), dtype=_U64)  # row 0: never absent
         self._rows = 1
+        self._lock = threading.Lock()
 
     def fids(self, codes: np.ndarray) -> np.ndarray:
         """Feature id of each code, -1 where no target has it."""
@@ -384,26 +396,30 @@ class _Index:
 
     def band(self, tier: int, n: int | np.ndarray, k: int) -> tuple[Any, Any]:
         """Positions [lo, hi) of the tier's targets with ``|m - n| <= k``."""
-        lo = np.clip(n - k, 0, self.max_length + 1)
-        hi = np.clip(n + k + 1, 0, self.max_length + 1)
+        top = self.max_length + 1
+        if isinstance(n, int):  # the common scalar case, without numpy's clip overhead
+            row = self.start_rows[tier]
+            return row[min(max(n - k, 0), top)], row[min(max(n + k + 1, 0), top)]
+        lo = np.clip(n - k, 0, top)
+        hi = np.clip(n + k + 1, 0, top)
         return self.start[tier, lo], self.start[tier, hi]
 
     def band_size(self, n: np.ndarray, k: int) -> np.ndarray:
         """How many targets have ``|m - n| <= k``."""
-        cum = np.concatenate([[0], np.cumsum(self.length_count)])
         lo = np.clip(n - k, 0, self.max_length + 1)
         hi = np.clip(n + k + 1, 0, self.max_length + 1)
-        return cum[hi] - cum[lo]
+        return self.length_cum[hi] - self.length_cum[lo]
 
     def absent_rows(self, fid: np.ndarray) -> np.ndarray:
         """Row of each feature's absent-bitset (0, never absent, for fid < 0); builds new ones."""
         real = fid >= 0
-        new = fid[real]
-        new = np.sort(new[self._row_of[new] < 0])
-        if new.size:
-            self._build(new[_first_of_runs(new)])
-        rows = np.zeros(fid.shape, dtype=np.int64)
-        rows[real] = self._row_of[fid[real]]
+        with self._lock:  # searches on other threads build rows too (rows never move)
+            new = fid[real]
+            new = np.sort(new[self._row_of[new] < 0])
+            if new.size:
+                self._build(new[_first_of_runs(new)])
+            rows = np.zeros(fid.shape, dtype=np.int64)
+            rows[real] = self._row_of[fid[real]]
         return rows
 
     def _build(self, new: np.ndarray) -> None:
@@ -445,10 +461,11 @@ def _range_mask(lo: int, hi: int, w0: int, words: int) -> np.ndarray:
 class _LevelSearch:
     """The search for the sources not resolved at distance ≤ 1 (module docstring, 5)."""
 
-    def __init__(self, rest: list[str], targets: _Targets, workers: int) -> None:
+    def __init__(self, rest: list[str], targets: _Targets, workers: int,
+                 index: _Index | None = None) -> None:
         self.rest = rest
         self.workers = workers
-        self.index = index = _Index(targets)
+        self.index = index = _Index(targets) if index is None else index
         self.rest_obj = np.array(rest, dtype=object)
         self.target_obj = np.array(targets.strings, dtype=object)
         flat = _flat(rest)
@@ -464,7 +481,9 @@ class _LevelSearch:
         self.feat_count = count[keep][order]
         self.feat_start = np.zeros(len(rest) + 1, dtype=np.int64)
         np.cumsum(np.bincount(flat.owner[keep], minlength=len(rest)), out=self.feat_start[1:])
-        self.best_rank = np.full(len(rest), -1, dtype=np.int64)
+        self.best_rank = np.full(len(rest), _OPEN, dtype=np.int64)
+        self.routed_level = np.zeros(len(rest), dtype=np.int64)
+        self.checked = np.zeros(len(rest), dtype=np.int64)  # candidates checked per source
         self.bar: Any = None
         self.lock = threading.Lock()
         self.threads = (os.cpu_count() or 1) if workers < 0 else max(1, workers)
@@ -482,10 +501,17 @@ class _LevelSearch:
             k = int(level[todo].min())
             now = todo[level[todo] == k]
             use_prefix = self._prefers_prefix(now, k)
-            self._prefix_level(now[use_prefix], k)
-            self._bitset_search(now[~use_prefix], k)  # runs those sources to the end
+            # the bitset search (it runs its sources to the end) works next to this level's
+            # prefix postings: disjoint sources, and the bitsets are built under a lock
+            with ThreadPoolExecutor(1) as side:
+                job = side.submit(self._bitset_search, now[~use_prefix], k)
+                self._prefix_level(now[use_prefix], k)
+                job.result()
             level[now] = k + 1
-            todo = todo[self.best_rank[todo] < 0]
+            todo = todo[self.best_rank[todo] == _OPEN]
+        routed = np.flatnonzero(self.best_rank == _ROUTED)
+        if routed.size:
+            self._band_search(routed, self.routed_level[routed])
         return dict(zip(self.rest, self.best_rank.tolist(), strict=True))
 
     def _resolve(self, src: np.ndarray, rank: np.ndarray) -> None:
@@ -531,7 +557,7 @@ class _LevelSearch:
         fid = self.feat[at]
         n = self.n[sources[slot]]
         for t in range(len(_TIERS)):
-            live = self.best_rank[sources[slot]] < 0
+            live = self.best_rank[sources[slot]] == _OPEN
             slot, fid, n = slot[live], fid[live], n[live]
             if slot.size == 0:
                 return
@@ -539,13 +565,42 @@ class _LevelSearch:
             lo = np.searchsorted(index.posting, fid * index.size + p0)
             hi = np.searchsorted(index.posting, fid * index.size + p1)
             count = hi - lo
-            for part in _chunks(count, _VERIFY_CHUNK):
-                c = count[part]
-                entry = np.repeat(lo[part] - np.cumsum(c) + c, c) + np.arange(c.sum())
-                position = index.posting[entry] - np.repeat(fid[part], c) * index.size
-                self._verify(sources[np.repeat(slot[part], c)], index.rank_at[position], k)
+            # batches end between sources: _verify needs all of a source's candidates at once
+            starts = np.flatnonzero(_first_of_runs(slot))
+            ends = np.append(starts[1:], slot.size)
+            for part in _chunks(np.add.reduceat(count, starts), _VERIFY_CHUNK):
+                a, b = int(starts[part.start]), int(ends[part.stop - 1])
+                c = count[a:b]
+                entry = np.repeat(lo[a:b] - np.cumsum(c) + c, c) + np.arange(c.sum())
+                position = index.posting[entry] - np.repeat(fid[a:b], c) * index.size
+                src = sources[np.repeat(slot[a:b], c)]
+                keep = self._bag_passes(src, position, k)
+                self._verify(src[keep], index.rank_at[position[keep]], k)
 
-    # ------------------------------------------------------------------ bitset counters
+    def _bag_passes(self, src: np.ndarray, position: np.ndarray, k: int) -> np.ndarray:
+        """Whether target ``position`` passes the bag-distance bound of level k for ``src``
+        (elementwise), read from the absent-bitsets: the x features of s missing in t must
+        satisfy x <= k - max(0, m - n)."""
+        if src.size == 0:
+            return np.zeros(0, dtype=bool)
+        index = self.index
+        distinct = np.sort(src)
+        distinct = distinct[_first_of_runs(distinct)]
+        local = np.searchsorted(distinct, src)
+        start = self.feat_start[distinct]
+        have = self.feat_start[distinct + 1] - start
+        slot = np.arange(int(have.max(initial=0)))
+        at = np.minimum(start[:, None] + slot[None, :], max(self.feat.size - 1, 0))
+        fid = np.where(slot[None, :] < have[:, None], self.feat[at], -1)
+        rows = index.absent_rows(fid.reshape(-1)).reshape(fid.shape)  # row 0: never absent
+        absent = index.absent
+        word, bit = position >> 6, (position & 63).astype(_U64)
+        missing = np.zeros(src.size, dtype=np.int64)
+        for j in slot.tolist():
+            missing += ((absent[rows[local, j], word] >> bit) & _U64(1)).astype(np.int64)
+        allowed = k - self.base[src] - np.maximum(
+            index.lengths[index.rank_at[position]] - self.n[src], 0)
+        return missing <= allowed
 
     # ------------------------------------------------------------------ verification
 
@@ -554,27 +609,41 @@ class _LevelSearch:
         """Check candidate pairs (none within k - 1, all in one rank tier that no earlier tier
         resolved); a source with a target within k takes the smallest such rank. Each source's
         candidates are checked in rank order, a few at a time, up to its first hit."""
-        live = self.best_rank[src] < 0
+        live = self.best_rank[src] == _OPEN
         src, rank = src[live], rank[live]
         if src.size == 0:
             return
-        size = self.index.size
+        index = self.index
+        size = index.size
         key = np.sort(src * size + rank)
         src, rank = key // size, key % size
         first = _first_of_runs(src)
         nth = np.arange(src.size) - np.maximum.accumulate(np.where(first, np.arange(src.size), 0))
-        by_nth = np.argsort(nth, kind="stable")  # (nth, source, rank) order
+        # a source with far more candidates than a SIMD pass over its length band would cost
+        # goes to the band search once its first candidates miss
+        starts = np.flatnonzero(first)
+        count = np.diff(np.append(starts, src.size)) + self.checked[src[starts]]
+        heavy = count > _ROUTE_AFTER + index.band_size(self.n[src[starts]], k) / _ROUTE_RATIO
+        heavy_src = src[starts[heavy]]
+        by_nth = np.argsort(np.minimum(nth, 0xFFFF).astype(np.uint16), kind="stable")
         bounds = np.searchsorted(nth[by_nth], _VERIFY_ROUNDS[:-1]).tolist() + [src.size]
         lo = 0
-        for hi in bounds:
+        for bound, hi in zip(_VERIFY_ROUNDS, bounds, strict=True):
+            if bound > _ROUTE_AFTER and heavy_src.size:
+                open_heavy = heavy_src[self.best_rank[heavy_src] == _OPEN]
+                self.best_rank[open_heavy] = _ROUTED
+                self.routed_level[open_heavy] = k
+                heavy_src = heavy_src[:0]
             sel = np.sort(by_nth[lo:hi])  # back to (source, rank) order
             lo = hi
             if sel.size == 0:
                 break
-            sel = sel[self.best_rank[src[sel]] < 0]
+            sel = sel[self.best_rank[src[sel]] == _OPEN]
             if sel.size == 0:
                 continue
             s, r = src[sel], rank[sel]
+            runs = np.flatnonzero(_first_of_runs(s))  # s is sorted
+            self.checked[s[runs]] += np.diff(np.append(runs, s.size))
             d = cpdist(self.rest_obj[s].tolist(), self.target_obj[r].tolist(),
                        scorer=Levenshtein.distance, score_cutoff=k, dtype=np.int32,
                        workers=((self.workers if workers is None else workers)
@@ -584,6 +653,46 @@ class _LevelSearch:
                 s, r = s[hit], r[hit]  # sorted by (source, rank): the first hit per source
                 first = _first_of_runs(s)
                 self._resolve(s[first], r[first])
+
+    def _band_search(self, sources: np.ndarray, low: np.ndarray) -> None:
+        """Exact distances from ``sources`` (none within low - 1 of any target) to every target
+        of their length band, by ``rapidfuzz.process.cdist`` (SIMD over sources of one length):
+        first the band |m - n| <= low, then one gap at a time for the sources whose best
+        distance so far reaches it. Targets are passed in rank order, so the first minimum of a
+        row is the tie-break winner."""
+        index, lengths = self.index, self.index.lengths
+        by_length = np.argsort(lengths, kind="stable")  # ranks by (length, rank)
+        length_start = np.searchsorted(lengths[by_length], np.arange(index.max_length + 2))
+        for n in _distinct(self.n[sources]):
+            group = sources[self.n[sources] == n]
+            first = max(2, int(low[self.n[sources] == n].min()))
+            best_d = np.full(group.size, np.iinfo(np.int64).max, dtype=np.int64)
+            best_r = np.full(group.size, index.size, dtype=np.int64)
+            queries = self.rest_obj[group].tolist()
+            gaps = [(0, first)] + [(g, g) for g in range(first + 1, max(n, index.max_length) + 1)]
+            for lo, hi in gaps:
+                rows = np.flatnonzero(best_d >= lo)
+                if rows.size == 0:
+                    break
+                parts = [by_length[length_start[m]:length_start[m + 1]]
+                         for m in range(max(n - hi, 0), min(n + hi, index.max_length) + 1)
+                         if lo <= abs(m - n)]
+                ranks = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+                if ranks.size == 0:
+                    continue
+                choices = self.target_obj[ranks].tolist()
+                step = max(1, _BLOCK_ENTRIES // ranks.size)
+                for r0 in range(0, rows.size, step):
+                    part = rows[r0:r0 + step]
+                    dist = cdist([queries[i] for i in part.tolist()], choices,
+                                 scorer=Levenshtein.distance, dtype=np.int32,
+                                 workers=self.workers)
+                    at = dist.argmin(axis=1)
+                    d = dist[np.arange(part.size), at].astype(np.int64)
+                    r = ranks[at]
+                    better = (d < best_d[part]) | ((d == best_d[part]) & (r < best_r[part]))
+                    best_d[part[better]], best_r[part[better]] = d[better], r[better]
+            self._resolve(group, best_r)
 
     def _bitset_search(self, sources: np.ndarray, k: int) -> None:
         """Levels k, k + 1, … for ``sources`` with the bitset counters, until all resolve.
@@ -656,7 +765,7 @@ class _BitsetChunk:
                     continue
                 self._ensure(t, p0 // 64, (p1 + 63) // 64, k)
                 self._extract(t, k)
-                live = self.search.best_rank[self.rows] < 0
+                live = self.search.best_rank[self.rows] == _OPEN
                 if not live.any():
                     return
                 if live.sum() * 4 <= self.rows.size * 3:  # drop resolved rows
@@ -808,13 +917,15 @@ def build_vocab_map(source: Sequence[str], target: Sequence[str], *, workers: in
     rank_of = targets.rank_of
     collapsed = _collapse_foreign({s for s in source if s not in rank_of}, targets)
     keys = sorted(set(collapsed.values()))
-    best = _distance_one(keys, targets, workers)
-    rest = [k for k in keys if k not in best]
-    if rest:
-        bar = _progress_bar(len(rest), progress)
-        best.update(_LevelSearch(rest, targets, workers).run(bar))
-        if bar is not None:
-            bar.close()
+    with ThreadPoolExecutor(1) as side:  # the level search's index, next to distance 1
+        index = side.submit(_Index, targets)
+        best = _distance_one(keys, targets, workers)
+        rest = [k for k in keys if k not in best]
+        if rest:
+            bar = _progress_bar(len(rest), progress)
+            best.update(_LevelSearch(rest, targets, workers, index.result()).run(bar))
+            if bar is not None:
+                bar.close()
     final = dict(rank_of)
     final.update(zip(collapsed, map(best.__getitem__, collapsed.values()), strict=True))
     ranks = np.fromiter(map(final.__getitem__, source), dtype=np.int64, count=len(source))
