@@ -385,7 +385,7 @@ class EmbeddedRun:
                 for event in _watch(stub, run_id):
                     events.append(event)
                     view.update(event)
-                    out.write(json.dumps({"kind_of_run": kind, **event.__dict__}) + "\n")
+                    out.write(json.dumps({"kind_of_run": kind, **event.to_json()}) + "\n")
             info = stub.GetRun(controller_pb2.GetRunRequest(run_id=run_id), timeout=30)
         from services.controller.grpc_service import STATE_NAMES
 

@@ -56,7 +56,7 @@ class SubmitReport:
 
     def record(self, event: Event) -> None:
         self.events.append(event)
-        self._events_file.write(json.dumps(event.__dict__, default=str) + "\n")
+        self._events_file.write(json.dumps(event.to_json(), default=str) + "\n")
         self._events_file.flush()
 
     def finish(self, state: str, error: str = "") -> Path:

@@ -366,6 +366,18 @@ def test_evaluate_reports_accuracy_and_nll_but_never_on_private_data(client) -> 
     # One packed scoring pass and nothing else (no second pass for the NLL).
     assert 0 < metrics["work/forward_tokens"] < 2 * metrics["floor/forward_tokens"]
     assert metrics["floor/forward_tokens"] < sum(len(e) for e in client.eval_split.encoded) * 2
+    # Per sample: one value per held-out sample and metric, whose means are the metrics.
+    again, outcomes = client.evaluate_samples("run-eval")
+    assert again["reused"] == 1.0  # the same adapter on the same split: the stored result
+    assert outcomes.sample_ids == tuple(s.id for s in client.eval_split.samples)
+    assert set(outcomes.values) == {"acc", "acc_norm", "nll"}
+    for metric in ("acc", "acc_norm", "nll"):
+        assert outcomes.column(metric).mean() == pytest.approx(metrics[metric])
+    assert set(outcomes.column("acc")) <= {0.0, 1.0}
+    by_id = {s.sample_id: s.loss for s in iter_knowledge(
+        client.model, client.eval_split.encoded, k=1, batch_size=4, progress=False)}
+    assert outcomes.column("nll") == pytest.approx([by_id[i] for i in outcomes.sample_ids],
+                                                   rel=1e-4)
     public = client.evaluate("run-eval", "public")
     assert public["n"] == len(client.public)
     with pytest.raises(InvalidArgument, match="private"):

@@ -17,6 +17,7 @@ from participant_helpers import last_progress, make_config, relay, write_task
 
 from fedmkt.participant.config import ConfigError
 from fedmkt.wire.chunking import chunk_knowledge
+from fedmkt.wire.outcomes import outcomes_from_pb
 from fedmkt.wire.v1 import (
     aligner_pb2,
     aligner_pb2_grpc,
@@ -275,6 +276,9 @@ def test_one_full_round_between_two_tokenizers_over_grpc(client, server, aligner
                                                                                          run))))
         assert 0.0 <= evaluated.metrics["acc"] <= 1.0 and evaluated.metrics["nll"] > 0
         assert evaluated.metrics["n"] == 8
+        outcomes = outcomes_from_pb(evaluated.outcomes)  # one value per held-out sample
+        assert outcomes is not None and len(outcomes) == 8
+        assert outcomes.column("acc").mean() == pytest.approx(evaluated.metrics["acc"])
         assert stub.Describe(participant_pb2.DescribeRequest()).latest_adapter_round == rnd
         adapter = list(stub.FetchAdapter(participant_pb2.FetchAdapterRequest(round=rnd)))
         assert adapter[-1].last and adapter[0].round == rnd

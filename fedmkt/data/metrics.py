@@ -593,11 +593,28 @@ def generation_rouge_l(
     stop: Sequence[str] = (),
 ) -> dict[str, float]:
     """``{"rouge_l", "n"}``: mean ROUGE-L F1 of greedy answers against ``sample.answer``."""
+    values = generation_rouge_l_values(model, tokenizer, samples, max_new_tokens,
+                                       batch_size=batch_size, device=device,
+                                       max_length=max_length, stop=stop)
+    return {"rouge_l": float(np.mean(values)), "n": len(samples)}
+
+
+def generation_rouge_l_values(
+    model: Any,
+    tokenizer: Any,
+    samples: Sequence[Sample],
+    max_new_tokens: int = 32,
+    *,
+    batch_size: int = 8,
+    device: Device = None,
+    max_length: int = 512,
+    stop: Sequence[str] = (),
+) -> np.ndarray:
+    """ROUGE-L F1 of each sample's greedy answer against ``sample.answer`` (float64)."""
     if not samples:
         raise ValueError("generation_rouge_l needs at least one sample")
     predictions = generate_answers(model, tokenizer, samples, max_new_tokens=max_new_tokens,
                                    batch_size=batch_size, device=device, max_length=max_length,
                                    stop=stop)
-    values = [rouge_l(pred, sample.answer) for pred, sample in zip(predictions, samples,
-                                                                   strict=True)]
-    return {"rouge_l": float(np.mean(values)), "n": len(samples)}
+    return np.asarray([rouge_l(pred, sample.answer)
+                       for pred, sample in zip(predictions, samples, strict=True)], dtype=float)

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from fedmkt.data.outcomes import SampleOutcomes
+
 if TYPE_CHECKING:
     from fedmkt.federation.store import RunStore
 
@@ -44,6 +46,13 @@ class Event:
     total: int = 0
     time: float = field(default_factory=time.time)
     sequence: int = 0
+    outcomes: SampleOutcomes | None = None  # metrics events of an evaluation: per sample
+
+    def to_json(self) -> dict[str, object]:
+        """The event as a JSON-ready dict (``outcomes`` as its JSON document or None)."""
+        document = {k: v for k, v in self.__dict__.items() if k != "outcomes"}
+        document["outcomes"] = None if self.outcomes is None else self.outcomes.to_json()
+        return document
 
     def with_sequence(self, sequence: int) -> Event:
         return replace(self, sequence=sequence)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedmkt.data.outcomes import SampleOutcomes, outcomes_of
 from fedmkt.federation.errors import CallFailed, Unreachable
 from fedmkt.federation.interfaces import (
     AdapterBlob,
@@ -48,6 +49,7 @@ class CallEntry:
 
 
 FAKE_PUBLIC = 4  # public samples a fake participant reports distilling over
+FAKE_EVAL = 20  # held-out samples a fake participant reports per-sample results for
 
 
 class CallLog:
@@ -167,14 +169,15 @@ class FakeParticipant:
             time.sleep(min(left, 0.01))
 
     def _progress(self, step: str, round_index: int, opts: CallOptions,
-                  metrics: dict[str, float]) -> Iterator[ProgressUpdate]:
+                  metrics: dict[str, float],
+                  outcomes: SampleOutcomes | None = None) -> Iterator[ProgressUpdate]:
         entry = self._work(step, round_index, opts)
         try:
             yield ProgressUpdate(step, 1, 2)
             opts.check()
             done_metrics = {"compute_seconds": max(0.0, time.monotonic() - entry.started) * 0.9,
                             **metrics}
-            yield ProgressUpdate(step, 2, 2, done_metrics, done=True)
+            yield ProgressUpdate(step, 2, 2, done_metrics, done=True, outcomes=outcomes)
         except BaseException:
             self.log.end(entry, ok=False)
             raise
@@ -214,7 +217,13 @@ class FakeParticipant:
     def evaluate(self, run_id: str, round: int, split: str,
                  opts: CallOptions) -> Iterator[ProgressUpdate]:
         accuracy = min(1.0, 0.5 + 0.05 * self.updates)
-        yield from self._progress("evaluate", round, opts, {"accuracy": accuracy, "nll": 1.0})
+        # per sample: the first accuracy × FAKE_EVAL samples right, the rest wrong
+        right = int(accuracy * FAKE_EVAL + 0.5)  # (`round` is the round here)
+        hits = [1.0 if i < right else 0.0 for i in range(FAKE_EVAL)]
+        outcomes = outcomes_of([f"eval-{i}" for i in range(FAKE_EVAL)], accuracy=hits,
+                               nll=[1.0] * FAKE_EVAL)
+        yield from self._progress("evaluate", round, opts,
+                                  {"accuracy": right / FAKE_EVAL, "nll": 1.0}, outcomes)
 
     def compute_knowledge(self, run_id: str, round: int, top_k: int, logit_dtype: str,
                           opts: CallOptions) -> ListStream:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from fedmkt.data.outcomes import SampleOutcomes
 from fedmkt.federation.errors import CallCancelled, DeadlineMissed
 from fedmkt.wire.v1 import aligner_pb2, knowledge_pb2
 
@@ -113,6 +114,7 @@ class ProgressUpdate:
     metrics: dict[str, float] = field(default_factory=dict)
     done: bool = False
     message: str = ""
+    outcomes: SampleOutcomes | None = None  # Evaluate's final message: per-sample results
 
 
 @dataclass(frozen=True)

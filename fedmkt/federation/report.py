@@ -9,6 +9,8 @@ model's evaluation metric per round (matplotlib, Agg backend).
 Comparison (held-out split, the final round each participant was evaluated in):
 LLM: zero-shot (round 0) | public-data-only fine-tuning (baseline run) | FedMKT;
 SLM: zero-shot | standalone, private data only (baseline run) | FedMKT.
+Each FedMKT-vs-baseline difference comes with its paired bootstrap interval and the verdict the
+interval gives (``fedmkt.federation.verdicts``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from fedmkt.config import FederationConfig, Scenario
 from fedmkt.federation import events as ev
 from fedmkt.federation.events import Event
+from fedmkt.federation.verdicts import sample_outcomes, verdict_lines, verdicts
 from fedmkt.federation.work_report import work_rows, work_section
 
 PRIMARY_METRICS = ("acc", "accuracy", "acc_norm", "rouge_l")
@@ -122,17 +125,9 @@ def comparison(config: FederationConfig, fedmkt: dict, baseline: dict, metric: s
             "fedmkt": None if fed is None else fed[1],
             "fedmkt_round": None if fed is None else fed[0],
         }
-        row["helped"] = None if untrained else _helped(row)
         row["note"] = "the LLM is not trained in LLM→SLM only" if untrained else ""
         rows.append(row)
     return rows
-
-
-def _helped(row: dict[str, Any]) -> bool | None:
-    fed, others = row["fedmkt"], [v for v in (row["baseline"], row["zero_shot"]) if v is not None]
-    if fed is None or not others:
-        return None
-    return fed > max(others)
 
 
 def summarize(config: FederationConfig, fedmkt: RunOutcome, baseline: RunOutcome | None, *,
@@ -151,6 +146,9 @@ def summarize(config: FederationConfig, fedmkt: RunOutcome, baseline: RunOutcome
     round_wall = sum(r.get("wall_seconds", 0.0) for r in trained)
     round_compute = sum(r.get("compute_seconds", 0.0) for r in trained)
     pipes = [s for s in steps if "aligned_share" in s]
+    rows = comparison(config, evals, base_evals, metric)
+    verdicts(rows, sample_outcomes(fedmkt.events),
+             sample_outcomes(baseline.events) if baseline is not None else {}, metric)
     return {
         "run_id": fedmkt.run_id,
         "name": config.name,
@@ -167,7 +165,7 @@ def summarize(config: FederationConfig, fedmkt: RunOutcome, baseline: RunOutcome
                          for p in config.participants},
         "evaluation": _json_rounds(evals),
         "baseline_evaluation": _json_rounds(base_evals),
-        "comparison": comparison(config, evals, base_evals, metric),
+        "comparison": rows,
         "rounds_timing": rounds,
         "steps": steps,
         "overhead": {
@@ -237,35 +235,29 @@ def render_markdown(summary: dict[str, Any], plot_file: str | None = None) -> st
     for key, what in (("error", "FedMKT run"), ("baseline_error", "baseline run")):
         if summary.get(key):
             lines += ["", f"> The {what} failed: {summary[key]}"]
+    lines += ["", f"## Verdict ({metric} on the held-out split)", ""]
+    lines += ["FedMKT's last evaluation against each baseline on the same samples: the mean "
+              "paired difference with its 95 % paired bootstrap interval. \"helped\" or "
+              "\"hurt\" only when the whole interval is on one side of zero.", ""]
+    lines += verdict_lines(summary)
     lines += ["", f"## Results on the held-out split ({metric})", ""]
     lines += ["Every number below was measured in this run (zero-shot: evaluation before round "
               "1; baselines: a separate run of the same federation with knowledge transfer "
               "switched off, on fresh participant processes).", ""]
-    lines += ["| participant | role | model | zero-shot | baseline | FedMKT | FedMKT helped? |",
-              "|---|---|---|---|---|---|---|"]
-    verdicts = []
+    lines += ["| participant | role | model | zero-shot | baseline | FedMKT | vs baseline | n |",
+              "|---|---|---|---|---|---|---|---|"]
     for row in summary["comparison"]:
         base = f"{_fmt(row['baseline'])} ({row['baseline_kind']})"
-        helped = {True: "yes", False: "**no**", None: "n/a"}[row["helped"]]
-        if row.get("note"):
-            helped = f"n/a ({row['note']})"
+        result = row.get("vs_baseline") or {"verdict": None, "reason": "not compared"}
+        if result["verdict"] is None:
+            against, n = f"no verdict ({result['reason']})", "—"
+        else:
+            against = (f"{result['verdict']}: {result['mean']:+.3f} "
+                       f"[{result['low']:+.3f}, {result['high']:+.3f}]")
+            n = str(result["n"])
         lines.append(f"| {row['participant']} | {row['role']} | {row['model']} | "
-                     f"{_fmt(row['zero_shot'])} | {base} | {_fmt(row['fedmkt'])} | {helped} |")
-        against = " and ".join(
-            f"{_fmt(value)} {what}" for value, what in (
-                (row["baseline"], row["baseline_kind"]), (row["zero_shot"], "zero-shot"))
-            if value is not None)
-        if row["helped"] is False:
-            verdicts.append(
-                f"- FedMKT did **not** help {row['participant']} ({row['model']}): "
-                f"{metric} {_fmt(row['fedmkt'])} after FedMKT vs {against}.")
-        elif row["helped"]:
-            verdicts.append(f"- FedMKT helped {row['participant']} ({row['model']}): "
-                            f"{metric} {_fmt(row['fedmkt'])} vs {against}.")
-    if verdicts:
-        lines += ["", *verdicts]
-    lines += ["", "Small evaluation sets make these numbers noisy; the sample caps are in the "
-              "config."]
+                     f"{_fmt(row['zero_shot'])} | {base} | {_fmt(row['fedmkt'])} | {against} | "
+                     f"{n} |")
     if plot_file:
         lines += ["", f"![{metric} per round]({plot_file})"]
     lines += _evaluation_table(summary)

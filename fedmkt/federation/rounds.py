@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from fedmkt.config import FederationConfig
+from fedmkt.data.outcomes import SampleOutcomes
 from fedmkt.federation import events as ev
 from fedmkt.federation import plan as pl
 from fedmkt.federation.errors import (
@@ -56,6 +57,7 @@ class StepOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
     artefacts: dict[str, object] = field(default_factory=dict)
     compute_seconds: float | None = None
+    outcomes: SampleOutcomes | None = None  # an evaluation's per-sample results
 
 
 @dataclass
@@ -361,7 +363,8 @@ class RunExecutor:
                    message=_digest_note(outcome.artefacts))
         if step.name == pl.EVALUATE:
             self._emit(ev.METRICS, round=step.round, step=step.name,
-                       participant=step.participant, metrics=outcome.metrics)
+                       participant=step.participant, metrics=outcome.metrics,
+                       outcomes=outcome.outcomes)
         return record
 
     def _with_watchdog(self, work: Callable[[], StepOutcome], opts: CallOptions) -> StepOutcome:
@@ -437,7 +440,7 @@ class RunExecutor:
                              f"{step.name} stream ended without its final (done) message")
         metrics = finite_metrics(final.metrics)
         compute = metrics.get("compute_seconds")
-        return StepOutcome(metrics=metrics, compute_seconds=compute)
+        return StepOutcome(metrics=metrics, compute_seconds=compute, outcomes=final.outcomes)
 
     # ------------------------------------------------------------------ knowledge
     def _progress(self, step_name: str, round_index: int, total: int):

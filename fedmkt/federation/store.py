@@ -8,7 +8,8 @@ Tables:
               transaction committed with ``synchronous=FULL``, before the next step starts; a
               resumed run skips exactly the steps found here.
 * ``drops``   clients left out of a round (missed deadline, unreachable), with the reason.
-* ``events``  every run event, numbered per run, so a watcher can replay from any point.
+* ``events``  every run event, numbered per run, so a watcher can replay from any point (an
+              evaluation's metrics event with its per-sample outcomes, JSON).
 
 One connection guarded by a lock: the controller's threads share it.
 """
@@ -24,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedmkt.data.outcomes import OutcomesError, SampleOutcomes
 from fedmkt.federation.events import Event
 from fedmkt.federation.plan import Step
 
@@ -74,6 +76,7 @@ CREATE TABLE IF NOT EXISTS events (
     metrics TEXT NOT NULL,
     completed INTEGER NOT NULL,
     total INTEGER NOT NULL,
+    outcomes TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (run_id, sequence)
 );
 """
@@ -121,6 +124,9 @@ class RunStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(events)")}
+        if "outcomes" not in columns:  # a store written before per-sample outcomes existed
+            self._db.execute("ALTER TABLE events ADD COLUMN outcomes TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         with self._lock:
@@ -226,23 +232,37 @@ class RunStore:
             (last,) = db.execute("SELECT COALESCE(MAX(sequence), 0) FROM events WHERE run_id = ?",
                                  (event.run_id,)).fetchone()
             numbered = event.with_sequence(last + 1)
+            outcomes = "" if numbered.outcomes is None else json.dumps(numbered.outcomes.to_json())
             db.execute(
-                "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO events (run_id, sequence, time, kind, round, step, participant, "
+                "message, metrics, completed, total, outcomes) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (numbered.run_id, numbered.sequence, numbered.time, numbered.kind,
                  numbered.round, numbered.step, numbered.participant, numbered.message,
                  json.dumps(numbered.metrics, sort_keys=True), numbered.completed,
-                 numbered.total),
+                 numbered.total, outcomes),
             )
         return numbered
 
     def events(self, run_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
         rows = self._query(
             "SELECT run_id, sequence, time, kind, round, step, participant, message, metrics, "
-            "completed, total FROM events WHERE run_id = ? AND sequence > ? "
+            "completed, total, outcomes FROM events WHERE run_id = ? AND sequence > ? "
             "ORDER BY sequence LIMIT ?", (run_id, after, limit))
         return [Event(run_id=r[0], sequence=r[1], time=r[2], kind=r[3], round=r[4], step=r[5],
                       participant=r[6], message=r[7], metrics=json.loads(r[8]), completed=r[9],
-                      total=r[10]) for r in rows]
+                      total=r[10], outcomes=_stored_outcomes(r[11])) for r in rows]
+
+
+def _stored_outcomes(text: str) -> SampleOutcomes | None:
+    """The outcomes column of an event row; None when empty (or not readable: the event then
+    reads as one without outcomes, and a report says it cannot compare those samples)."""
+    if not text:
+        return None
+    try:
+        return SampleOutcomes.from_json(json.loads(text))
+    except (ValueError, OutcomesError):
+        return None
 
 
 _RUN_COLUMNS = ("run_id, config_yaml, kind, state, rounds, rounds_completed, current_step, "

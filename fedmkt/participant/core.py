@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from fedmkt.align.registry import TokenizerInfo, describe
-from fedmkt.data.metrics import accuracy_from_scores, generation_rouge_l, score_choices
+from fedmkt.data.metrics import choice_hits, generation_rouge_l_values, score_choices
+from fedmkt.data.outcomes import OutcomesError, SampleOutcomes, outcomes_of
 from fedmkt.data.tokenize import pad_id_for
 from fedmkt.errors import FailedPrecondition, InvalidArgument, NotFound
 from fedmkt.knowledge.selection import Selection, select_teachers
@@ -501,6 +502,14 @@ class Participant:
                  cancel: threading.Event | None = None) -> dict[str, float]:
         """Multiple-choice accuracy (``acc``, ``acc_norm``) or ROUGE-L (generation tasks) and
         the mean answer NLL (``nll``) on the held-out ``eval`` split (or ``public``)."""
+        return self.evaluate_samples(run_id, split, progress=progress, cancel=cancel)[0]
+
+    def evaluate_samples(self, run_id: str = "", split: str = "eval", *,
+                         progress: ProgressFn | None = None,
+                         cancel: threading.Event | None = None
+                         ) -> tuple[dict[str, float], SampleOutcomes]:
+        """:meth:`evaluate`'s metrics and the value of each metric on each sample (the input
+        of paired comparisons between runs)."""
         split = split or "eval"
         if split not in SPLITS:
             raise InvalidArgument(f"split must be one of {', '.join(SPLITS)} (private data is "
@@ -515,14 +524,18 @@ class Participant:
             key = self._memo_key("evaluate", data, split_name=split,
                                  eval_batch_size=self.config.eval_batch_size,
                                  max_length=self.config.max_length)
-            reused = self._reuse(key, trains=False)
-            if reused is not None:
-                return reused
+            entry = self.memo.get(key)
+            if entry is not None and entry.outcomes is not None:
+                with contextlib.suppress(OutcomesError):
+                    outcomes = SampleOutcomes.from_json(entry.outcomes)
+                    log.info("%s: reusing the result of an identical earlier evaluation "
+                             "(memo %s)", self.config.name, key[:12])
+                    return {**entry.metrics, "reused": 1.0}, outcomes
             progress("evaluate", 0, 2, {})
             work = WorkLedger()
-            metrics, nll = self._score(data, work)
+            metrics, columns = self._score(data, work)
             progress("evaluate", 1, 2, metrics)
-            if nll is None:  # not read off the choices' scores: one pass over the answers
+            if "nll" not in columns:  # not read off the choices' scores: a pass over answers
                 losses: dict[str, float] = {}
                 for _ in collect_losses(iter_knowledge(self.model, data.encoded, k=1,
                                                        batch_size=self.config.eval_batch_size,
@@ -531,34 +544,36 @@ class Participant:
                                                        work=work),
                                         losses, cancel):
                     pass
-                nll = float(np.mean(list(losses.values())))
-        metrics["nll"] = nll
+                columns["nll"] = np.asarray([losses[s.id] for s in data.samples])
+        outcomes = outcomes_of([s.id for s in data.samples], **columns)
+        metrics["nll"] = float(np.mean(columns["nll"]))
         metrics["n"] = float(len(data))
-        self.memo.put(key, metrics)
+        self.memo.put(key, metrics, outcomes=outcomes.to_json())
         metrics.update(work.metrics())
-        return metrics
+        return metrics, outcomes
 
     def _score(self, data: EncodedSplit, work: WorkLedger) -> tuple[dict[str, float],
-                                                                    float | None]:
-        """Accuracy (multiple choice) or ROUGE-L, and the mean answer NLL when it can be read
-        off the choices' scores: the right choice's score is the answer's log-likelihood when
-        the answer is that choice and it does not start the text (the scoring then adds a
-        context token the answer's own encoding lacks)."""
+                                                                    dict[str, np.ndarray]]:
+        """Accuracy (multiple choice) or ROUGE-L, as means and per sample; per sample also the
+        answer NLL when it can be read off the choices' scores: the right choice's score is the
+        answer's log-likelihood when the answer is that choice and it does not start the text
+        (the scoring then adds a context token the answer's own encoding lacks)."""
         samples = data.samples
         kwargs = {"batch_size": self.config.eval_batch_size, "device": self.device,
                   "max_length": self.config.max_length}
         if not all(s.is_multiple_choice for s in samples):
-            result = generation_rouge_l(self.model, self.tokenizer, samples, **kwargs)
-            return {k: float(v) for k, v in result.items() if k != "n"}, None
+            values = generation_rouge_l_values(self.model, self.tokenizer, samples, **kwargs)
+            return {"rouge_l": float(values.mean())}, {"rouge_l": values}
         scores = score_choices(self.model, self.tokenizer, samples, work=work, **kwargs)
-        result = accuracy_from_scores(samples, scores)
-        metrics = {k: float(v) for k, v in result.items() if k != "n"}
+        hits, hits_norm = choice_hits(samples, scores)
+        metrics = {"acc": float(hits.mean()), "acc_norm": float(hits_norm.mean())}
+        columns = {"acc": hits, "acc_norm": hits_norm}
         same = all(s.answer == s.choices[s.label] and enc.answer_start > 0
                    for s, enc in zip(samples, data.encoded, strict=True))
-        if not same:
-            return metrics, None
-        return metrics, float(np.mean([-row[s.label] for s, row in zip(samples, scores,
-                                                                        strict=True)]))
+        if same:
+            columns["nll"] = np.asarray([-row[s.label] for s, row in zip(samples, scores,
+                                                                         strict=True)])
+        return metrics, columns
 
     # ------------------------------------------------------------------ adapters
 

@@ -9,9 +9,10 @@ that is never trained is evaluated on the same split in both runs — the result
 canonical JSON document; the adapter and the data by the sha256 of their contents), and gives it
 back only for an identical key: a different seed, sample, adapter bit or setting is another key.
 
-Entries live in one folder (``<key>.json`` with the metrics, ``<key>.safetensors`` with the
-resulting adapter when the step trains), each written to a temporary name and renamed, so a crash
-leaves either a whole entry or none. No pickle: JSON and safetensors only.
+Entries live in one folder (``<key>.json`` with the metrics and an evaluation's per-sample
+outcomes, ``<key>.safetensors`` with the resulting adapter when the step trains), each written
+to a temporary name and renamed, so a crash leaves either a whole entry or none. No pickle:
+JSON and safetensors only.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def digest_split(encoded: Sequence[Any]) -> str:
 class MemoEntry:
     metrics: dict[str, float]
     adapter: bytes | None  # safetensors bytes of the resulting adapter, if the step trains
+    outcomes: dict[str, Any] | None = None  # per-sample results (JSON), if the step has them
 
 
 class StepMemo:
@@ -107,12 +109,18 @@ class StepMemo:
             if hashlib.sha256(adapter).hexdigest() != data["adapter_sha256"]:
                 log.warning("memo entry %s: adapter digest mismatch; ignored", key[:12])
                 return None
-        return MemoEntry({k: float(v) for k, v in metrics.items()}, adapter)
+        outcomes = data.get("outcomes")
+        return MemoEntry({k: float(v) for k, v in metrics.items()}, adapter,
+                         outcomes if isinstance(outcomes, dict) else None)
 
-    def put(self, key: str, metrics: Mapping[str, float], adapter: bytes | None = None) -> None:
+    def put(self, key: str, metrics: Mapping[str, float], adapter: bytes | None = None,
+            outcomes: Mapping[str, Any] | None = None) -> None:
+        """Store a result; ``outcomes`` is a JSON document (per-sample results) kept with it."""
         self.folder.mkdir(parents=True, exist_ok=True)
         clean = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
         document: dict[str, Any] = {"key": key, "metrics": clean}
+        if outcomes is not None:
+            document["outcomes"] = dict(outcomes)
         if adapter is not None:
             # The adapter first: the JSON (written last) is what makes an entry visible.
             self._write(self.folder / f"{key}.safetensors", adapter)

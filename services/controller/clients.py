@@ -30,6 +30,8 @@ from fedmkt.federation.interfaces import (
     ReceiveResult,
 )
 from fedmkt.federation.pipe import LOGIT_DTYPE
+from fedmkt.wire.errors import WireError
+from fedmkt.wire.outcomes import outcomes_from_pb
 from fedmkt.wire.v1 import (
     aligner_pb2,
     aligner_pb2_grpc,
@@ -121,10 +123,14 @@ def _run_ref(run_id: str, round_index: int) -> participant_pb2.RunRef:
     return participant_pb2.RunRef(run_id=run_id, round=round_index)
 
 
-def _progress(message: participant_pb2.Progress) -> ProgressUpdate:
+def _progress(message: participant_pb2.Progress, who: str = "") -> ProgressUpdate:
+    try:
+        outcomes = outcomes_from_pb(message.outcomes)
+    except WireError as exc:  # the participant sent what it must not: a failed call
+        raise CallFailed(who, "DATA_LOSS", str(exc)) from exc
     return ProgressUpdate(step=message.step, completed=message.completed, total=message.total,
                           metrics=dict(message.metrics), done=message.done,
-                          message=message.message)
+                          message=message.message, outcomes=outcomes)
 
 
 class GrpcKnowledgeStream:
@@ -209,7 +215,7 @@ class GrpcParticipant:
         request = participant_pb2.TrainLocalRequest(run=_run_ref(run_id, round), epochs=epochs)
         for message in _stream(self.name, opts,
                                lambda t: self.stub.TrainLocal(request, timeout=t)):
-            yield _progress(message)
+            yield _progress(message, self.name)
 
     def distill(self, run_id: str, round: int, strategy: str, kd_alpha: float,
                 temperature: float, epochs: int, opts: CallOptions) -> Iterator[ProgressUpdate]:
@@ -217,13 +223,13 @@ class GrpcParticipant:
             run=_run_ref(run_id, round), strategy=strategy, kd_alpha=kd_alpha,
             temperature=temperature, epochs=epochs)
         for message in _stream(self.name, opts, lambda t: self.stub.Distill(request, timeout=t)):
-            yield _progress(message)
+            yield _progress(message, self.name)
 
     def evaluate(self, run_id: str, round: int, split: str,
                  opts: CallOptions) -> Iterator[ProgressUpdate]:
         request = participant_pb2.EvaluateRequest(run=_run_ref(run_id, round), split=split)
         for message in _stream(self.name, opts, lambda t: self.stub.Evaluate(request, timeout=t)):
-            yield _progress(message)
+            yield _progress(message, self.name)
 
     def compute_knowledge(self, run_id: str, round: int, top_k: int, logit_dtype: str,
                           opts: CallOptions) -> GrpcKnowledgeStream:

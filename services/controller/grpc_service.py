@@ -8,6 +8,7 @@ from fedmkt.errors import InvalidArgument
 from fedmkt.federation.events import Event
 from fedmkt.federation.manager import RunManager
 from fedmkt.federation.store import RunRecord
+from fedmkt.wire.outcomes import outcomes_from_pb, outcomes_to_pb
 from fedmkt.wire.v1 import controller_pb2, controller_pb2_grpc
 from services.common import map_errors
 
@@ -38,7 +39,8 @@ def run_event(event: Event) -> controller_pb2.RunEvent:
         run_id=event.run_id, sequence=event.sequence, time=event.time,
         kind=EVENT_KINDS[event.kind], round=event.round, step=event.step,
         participant=event.participant, message=event.message, metrics=event.metrics,
-        completed=event.completed, total=event.total)
+        completed=event.completed, total=event.total,
+        outcomes=None if event.outcomes is None else outcomes_to_pb(event.outcomes))
 
 
 def event_from_pb(message: controller_pb2.RunEvent) -> Event:
@@ -47,7 +49,7 @@ def event_from_pb(message: controller_pb2.RunEvent) -> Event:
                  round=message.round, step=message.step, participant=message.participant,
                  message=message.message, metrics=dict(message.metrics),
                  completed=message.completed, total=message.total, time=message.time,
-                 sequence=message.sequence)
+                 sequence=message.sequence, outcomes=outcomes_from_pb(message.outcomes))
 
 
 def _run_id(value: str) -> str:

@@ -24,11 +24,13 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Gauge
 
+from fedmkt.data.outcomes import SampleOutcomes
 from fedmkt.errors import InvalidArgument, Unavailable
 from fedmkt.participant.core import Participant
 from fedmkt.participant.training import Cancelled
 from fedmkt.wire import codec
 from fedmkt.wire.chunking import chunk_knowledge
+from fedmkt.wire.outcomes import outcomes_to_pb
 from fedmkt.wire.v1 import (
     aligner_pb2,
     participant_pb2,
@@ -77,10 +79,12 @@ def _run_ref(request: Any) -> tuple[str, int]:
 
 
 def _progress(step: str, completed: int, total: int, metrics: dict[str, float], *,
-              done: bool = False, message: str = "") -> participant_pb2.Progress:
+              done: bool = False, message: str = "",
+              outcomes: SampleOutcomes | None = None) -> participant_pb2.Progress:
     return participant_pb2.Progress(step=step, completed=completed, total=total,
                                     metrics={k: float(v) for k, v in metrics.items()},
-                                    done=done, message=message)
+                                    done=done, message=message,
+                                    outcomes=None if outcomes is None else outcomes_to_pb(outcomes))
 
 
 class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
@@ -107,7 +111,8 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
     def _stream(self, context: grpc.ServicerContext, step: str, round_index: int,
                 work: Work) -> Iterator[participant_pb2.Progress]:
         """Run ``work(progress, cancel)`` on a worker thread; yield its progress, then a final
-        message with ``done`` and the metrics. Errors are re-raised here (mapped to statuses)."""
+        message with ``done`` and the metrics (``work`` returns them, or the metrics and the
+        per-sample outcomes of an evaluation). Errors are re-raised here (mapped to statuses)."""
         updates: queue.Queue = queue.Queue()
         cancel = threading.Event()
         with self._active_lock:
@@ -120,9 +125,10 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
         def run() -> None:
             try:
                 started = time.perf_counter()
-                metrics = work(report, cancel)
+                result = work(report, cancel)
+                metrics, outcomes = result if isinstance(result, tuple) else (result, None)
                 metrics["compute_seconds"] = time.perf_counter() - started
-                updates.put(("done", metrics))
+                updates.put(("done", (metrics, outcomes)))
             except BaseException as exc:  # noqa: BLE001 - handed to the RPC thread
                 updates.put(("error", exc))
 
@@ -134,8 +140,9 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
                 if kind == "progress":
                     yield payload
                 elif kind == "done":
-                    self._record(step, round_index, payload)
-                    yield _progress(step, 1, 1, payload, done=True)
+                    metrics, outcomes = payload
+                    self._record(step, round_index, metrics)
+                    yield _progress(step, 1, 1, metrics, done=True, outcomes=outcomes)
                     return
                 else:
                     if isinstance(payload, Cancelled) and not context.is_active():
@@ -206,8 +213,8 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
         run_id, round_index = _run_ref(request)
 
         def work(progress, cancel):
-            return self.participant.evaluate(run_id, request.split or "eval", progress=progress,
-                                             cancel=cancel)
+            return self.participant.evaluate_samples(run_id, request.split or "eval",
+                                                     progress=progress, cancel=cancel)
 
         yield from self._stream(context, "evaluate", round_index, work)
 

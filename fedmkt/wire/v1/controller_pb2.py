@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from fedmkt.wire.v1 import outcomes_pb2 as fedmkt_dot_v1_dot_outcomes__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65\x64mkt/v1/controller.proto\x12\tfedmkt.v1\"6\n\x0fStartRunRequest\x12\x13\n\x0b\x63onfig_yaml\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"\xb5\x01\n\x07RunInfo\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\"\n\x05state\x18\x02 \x01(\x0e\x32\x13.fedmkt.v1.RunState\x12\x0e\n\x06rounds\x18\x03 \x01(\x05\x12\x18\n\x10rounds_completed\x18\x04 \x01(\x05\x12\x14\n\x0c\x63urrent_step\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x12\n\nstarted_at\x18\x07 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x08 \x01(\x01\"9\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"\xa6\x02\n\x08RunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x0c\n\x04time\x18\x03 \x01(\x01\x12\"\n\x04kind\x18\x04 \x01(\x0e\x32\x14.fedmkt.v1.EventKind\x12\r\n\x05round\x18\x05 \x01(\x05\x12\x0c\n\x04step\x18\x06 \x01(\t\x12\x13\n\x0bparticipant\x18\x07 \x01(\t\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x31\n\x07metrics\x18\t \x03(\x0b\x32 .fedmkt.v1.RunEvent.MetricsEntry\x12\x11\n\tcompleted\x18\n \x01(\x03\x12\r\n\x05total\x18\x0b \x01(\x03\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x11\n\x0fListRunsRequest\"4\n\x10ListRunsResponse\x12 \n\x04runs\x18\x01 \x03(\x0b\x32\x12.fedmkt.v1.RunInfo\"\"\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t*\x9b\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_PENDING\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10RUN_STATE_FAILED\x10\x04\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x05*\x8b\x02\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45VENT_KIND_RUN_STARTED\x10\x01\x12\x1b\n\x17\x45VENT_KIND_STEP_STARTED\x10\x02\x12\x1c\n\x18\x45VENT_KIND_STEP_PROGRESS\x10\x03\x12\x1c\n\x18\x45VENT_KIND_STEP_FINISHED\x10\x04\x12\x16\n\x12\x45VENT_KIND_METRICS\x10\x05\x12\"\n\x1e\x45VENT_KIND_PARTICIPANT_DROPPED\x10\x06\x12\x14\n\x10\x45VENT_KIND_ERROR\x10\x07\x12\x1b\n\x17\x45VENT_KIND_RUN_FINISHED\x10\x08\x32\xc9\x02\n\x11\x43ontrollerService\x12:\n\x08StartRun\x12\x1a.fedmkt.v1.StartRunRequest\x1a\x12.fedmkt.v1.RunInfo\x12=\n\x08WatchRun\x12\x1a.fedmkt.v1.WatchRunRequest\x1a\x13.fedmkt.v1.RunEvent0\x01\x12\x36\n\x06GetRun\x12\x18.fedmkt.v1.GetRunRequest\x1a\x12.fedmkt.v1.RunInfo\x12\x43\n\x08ListRuns\x12\x1a.fedmkt.v1.ListRunsRequest\x1a\x1b.fedmkt.v1.ListRunsResponse\x12<\n\tCancelRun\x12\x1b.fedmkt.v1.CancelRunRequest\x1a\x12.fedmkt.v1.RunInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65\x64mkt/v1/controller.proto\x12\tfedmkt.v1\x1a\x18\x66\x65\x64mkt/v1/outcomes.proto\"6\n\x0fStartRunRequest\x12\x13\n\x0b\x63onfig_yaml\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"\xb5\x01\n\x07RunInfo\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\"\n\x05state\x18\x02 \x01(\x0e\x32\x13.fedmkt.v1.RunState\x12\x0e\n\x06rounds\x18\x03 \x01(\x05\x12\x18\n\x10rounds_completed\x18\x04 \x01(\x05\x12\x14\n\x0c\x63urrent_step\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x12\n\nstarted_at\x18\x07 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x08 \x01(\x01\"9\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"\xd3\x02\n\x08RunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12\x0c\n\x04time\x18\x03 \x01(\x01\x12\"\n\x04kind\x18\x04 \x01(\x0e\x32\x14.fedmkt.v1.EventKind\x12\r\n\x05round\x18\x05 \x01(\x05\x12\x0c\n\x04step\x18\x06 \x01(\t\x12\x13\n\x0bparticipant\x18\x07 \x01(\t\x12\x0f\n\x07message\x18\x08 \x01(\t\x12\x31\n\x07metrics\x18\t \x03(\x0b\x32 .fedmkt.v1.RunEvent.MetricsEntry\x12\x11\n\tcompleted\x18\n \x01(\x03\x12\r\n\x05total\x18\x0b \x01(\x03\x12+\n\x08outcomes\x18\x0c \x01(\x0b\x32\x19.fedmkt.v1.SampleOutcomes\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x11\n\x0fListRunsRequest\"4\n\x10ListRunsResponse\x12 \n\x04runs\x18\x01 \x03(\x0b\x32\x12.fedmkt.v1.RunInfo\"\"\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t*\x9b\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATE_PENDING\x10\x01\x12\x15\n\x11RUN_STATE_RUNNING\x10\x02\x12\x17\n\x13RUN_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10RUN_STATE_FAILED\x10\x04\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x05*\x8b\x02\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45VENT_KIND_RUN_STARTED\x10\x01\x12\x1b\n\x17\x45VENT_KIND_STEP_STARTED\x10\x02\x12\x1c\n\x18\x45VENT_KIND_STEP_PROGRESS\x10\x03\x12\x1c\n\x18\x45VENT_KIND_STEP_FINISHED\x10\x04\x12\x16\n\x12\x45VENT_KIND_METRICS\x10\x05\x12\"\n\x1e\x45VENT_KIND_PARTICIPANT_DROPPED\x10\x06\x12\x14\n\x10\x45VENT_KIND_ERROR\x10\x07\x12\x1b\n\x17\x45VENT_KIND_RUN_FINISHED\x10\x08\x32\xc9\x02\n\x11\x43ontrollerService\x12:\n\x08StartRun\x12\x1a.fedmkt.v1.StartRunRequest\x1a\x12.fedmkt.v1.RunInfo\x12=\n\x08WatchRun\x12\x1a.fedmkt.v1.WatchRunRequest\x1a\x13.fedmkt.v1.RunEvent0\x01\x12\x36\n\x06GetRun\x12\x18.fedmkt.v1.GetRunRequest\x1a\x12.fedmkt.v1.RunInfo\x12\x43\n\x08ListRuns\x12\x1a.fedmkt.v1.ListRunsRequest\x1a\x1b.fedmkt.v1.ListRunsResponse\x12<\n\tCancelRun\x12\x1b.fedmkt.v1.CancelRunRequest\x1a\x12.fedmkt.v1.RunInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,28 +34,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RUNEVENT_METRICSENTRY']._loaded_options = None
   _globals['_RUNEVENT_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_RUNSTATE']._serialized_start=780
-  _globals['_RUNSTATE']._serialized_end=935
-  _globals['_EVENTKIND']._serialized_start=938
-  _globals['_EVENTKIND']._serialized_end=1205
-  _globals['_STARTRUNREQUEST']._serialized_start=41
-  _globals['_STARTRUNREQUEST']._serialized_end=95
-  _globals['_RUNINFO']._serialized_start=98
-  _globals['_RUNINFO']._serialized_end=279
-  _globals['_WATCHRUNREQUEST']._serialized_start=281
-  _globals['_WATCHRUNREQUEST']._serialized_end=338
-  _globals['_RUNEVENT']._serialized_start=341
-  _globals['_RUNEVENT']._serialized_end=635
-  _globals['_RUNEVENT_METRICSENTRY']._serialized_start=589
-  _globals['_RUNEVENT_METRICSENTRY']._serialized_end=635
-  _globals['_GETRUNREQUEST']._serialized_start=637
-  _globals['_GETRUNREQUEST']._serialized_end=668
-  _globals['_LISTRUNSREQUEST']._serialized_start=670
-  _globals['_LISTRUNSREQUEST']._serialized_end=687
-  _globals['_LISTRUNSRESPONSE']._serialized_start=689
-  _globals['_LISTRUNSRESPONSE']._serialized_end=741
-  _globals['_CANCELRUNREQUEST']._serialized_start=743
-  _globals['_CANCELRUNREQUEST']._serialized_end=777
-  _globals['_CONTROLLERSERVICE']._serialized_start=1208
-  _globals['_CONTROLLERSERVICE']._serialized_end=1537
+  _globals['_RUNSTATE']._serialized_start=851
+  _globals['_RUNSTATE']._serialized_end=1006
+  _globals['_EVENTKIND']._serialized_start=1009
+  _globals['_EVENTKIND']._serialized_end=1276
+  _globals['_STARTRUNREQUEST']._serialized_start=67
+  _globals['_STARTRUNREQUEST']._serialized_end=121
+  _globals['_RUNINFO']._serialized_start=124
+  _globals['_RUNINFO']._serialized_end=305
+  _globals['_WATCHRUNREQUEST']._serialized_start=307
+  _globals['_WATCHRUNREQUEST']._serialized_end=364
+  _globals['_RUNEVENT']._serialized_start=367
+  _globals['_RUNEVENT']._serialized_end=706
+  _globals['_RUNEVENT_METRICSENTRY']._serialized_start=660
+  _globals['_RUNEVENT_METRICSENTRY']._serialized_end=706
+  _globals['_GETRUNREQUEST']._serialized_start=708
+  _globals['_GETRUNREQUEST']._serialized_end=739
+  _globals['_LISTRUNSREQUEST']._serialized_start=741
+  _globals['_LISTRUNSREQUEST']._serialized_end=758
+  _globals['_LISTRUNSRESPONSE']._serialized_start=760
+  _globals['_LISTRUNSRESPONSE']._serialized_end=812
+  _globals['_CANCELRUNREQUEST']._serialized_start=814
+  _globals['_CANCELRUNREQUEST']._serialized_end=848
+  _globals['_CONTROLLERSERVICE']._serialized_start=1279
+  _globals['_CONTROLLERSERVICE']._serialized_end=1608
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from fedmkt.wire.v1 import outcomes_pb2 as _outcomes_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -80,7 +81,7 @@ class WatchRunRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., after_sequence: _Optional[int] = ...) -> None: ...
 
 class RunEvent(_message.Message):
-    __slots__ = ("run_id", "sequence", "time", "kind", "round", "step", "participant", "message", "metrics", "completed", "total")
+    __slots__ = ("run_id", "sequence", "time", "kind", "round", "step", "participant", "message", "metrics", "completed", "total", "outcomes")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +100,7 @@ class RunEvent(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     sequence: int
     time: float
@@ -110,7 +112,8 @@ class RunEvent(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     completed: int
     total: int
-    def __init__(self, run_id: _Optional[str] = ..., sequence: _Optional[int] = ..., time: _Optional[float] = ..., kind: _Optional[_Union[EventKind, str]] = ..., round: _Optional[int] = ..., step: _Optional[str] = ..., participant: _Optional[str] = ..., message: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., completed: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
+    outcomes: _outcomes_pb2.SampleOutcomes
+    def __init__(self, run_id: _Optional[str] = ..., sequence: _Optional[int] = ..., time: _Optional[float] = ..., kind: _Optional[_Union[EventKind, str]] = ..., round: _Optional[int] = ..., step: _Optional[str] = ..., participant: _Optional[str] = ..., message: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., completed: _Optional[int] = ..., total: _Optional[int] = ..., outcomes: _Optional[_Union[_outcomes_pb2.SampleOutcomes, _Mapping]] = ...) -> None: ...
 
 class GetRunRequest(_message.Message):
     __slots__ = ("run_id",)

@@ -26,9 +26,10 @@ from fedmkt.wire.v1 import knowledge_pb2 as fedmkt_dot_v1_dot_knowledge__pb2
 from fedmkt.wire.v1 import tensor_pb2 as fedmkt_dot_v1_dot_tensor__pb2
 from fedmkt.wire.v1 import aligner_pb2 as fedmkt_dot_v1_dot_aligner__pb2
 from fedmkt.wire.v1 import tokenizer_pb2 as fedmkt_dot_v1_dot_tokenizer__pb2
+from fedmkt.wire.v1 import outcomes_pb2 as fedmkt_dot_v1_dot_outcomes__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66\x65\x64mkt/v1/participant.proto\x12\tfedmkt.v1\x1a\x19\x66\x65\x64mkt/v1/knowledge.proto\x1a\x16\x66\x65\x64mkt/v1/tensor.proto\x1a\x17\x66\x65\x64mkt/v1/aligner.proto\x1a\x19\x66\x65\x64mkt/v1/tokenizer.proto\"\'\n\x06RunRef\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x05\"\x11\n\x0f\x44\x65scribeRequest\"\xa0\x02\n\x0fParticipantInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1d\n\x04role\x18\x02 \x01(\x0e\x32\x0f.fedmkt.v1.Role\x12\r\n\x05model\x18\x03 \x01(\t\x12+\n\ttokenizer\x18\x04 \x01(\x0b\x32\x18.fedmkt.v1.TokenizerInfo\x12\x1c\n\x14trainable_parameters\x18\x05 \x01(\x03\x12\x18\n\x10total_parameters\x18\x06 \x01(\x03\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\x16\n\x0epublic_samples\x18\t \x01(\x05\x12\x17\n\x0fprivate_samples\x18\n \x01(\x05\x12\x1c\n\x14latest_adapter_round\x18\x0b \x01(\x05\"C\n\x11TrainLocalRequest\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.fedmkt.v1.RunRef\x12\x0e\n\x06\x65pochs\x18\x02 \x01(\x05\"\xbc\x01\n\x08Progress\x12\x0c\n\x04step\x18\x01 \x01(\t\x12\x11\n\tcompleted\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x31\n\x07metrics\x18\x04 \x03(\x0b\x32 .fedmkt.v1.Progress.MetricsEntry\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x12\x0f\n\x07message\x18\x06 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"o\n\x17\x43omputeKnowledgeRequest\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.fedmkt.v1.RunRef\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12%\n\x0blogit_dtype\x18\x03 \x01(\x0e\x32\x10.fedmkt.v1.DType\"\x15\n\x13PublicTokensRequest\"=\n\x11PublicTokensChunk\x12(\n\x07samples\x18\x01 \x03(\x0b\x32\x17.fedmkt.v1.TargetTokens\";\n\x18ReceiveKnowledgeResponse\x12\x0f\n\x07samples\x18\x01 \x01(\x05\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"\xa0\x01\n\x0e\x44istillRequest\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.fedmkt.v1.RunRef\x12\x10\n\x08strategy\x18\x02 \x01(\t\x12\x15\n\x08kd_alpha\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x0e\n\x06\x65pochs\x18\x05 \x01(\x05\x42\x0b\n\t_kd_alphaB\x0e\n\x0c_temperature\"@\n\x0f\x45valuateRequest\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.fedmkt.v1.RunRef\x12\r\n\x05split\x18\x02 \x01(\t\"4\n\x13\x46\x65tchAdapterRequest\x12\r\n\x05round\x18\x01 \x01(\x05\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"I\n\x0c\x41\x64\x61pterChunk\x12\r\n\x05round\x18\x01 \x01(\x05\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0c\n\x04last\x18\x04 \x01(\x08\"6\n\x13PushAdapterResponse\x12\x0f\n\x07tensors\x18\x01 \x01(\x05\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t*>\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SERVER\x10\x01\x12\x0f\n\x0bROLE_CLIENT\x10\x02\x32\xa7\x05\n\x12ParticipantService\x12\x42\n\x08\x44\x65scribe\x12\x1a.fedmkt.v1.DescribeRequest\x1a\x1a.fedmkt.v1.ParticipantInfo\x12\x41\n\nTrainLocal\x12\x1c.fedmkt.v1.TrainLocalRequest\x1a\x13.fedmkt.v1.Progress0\x01\x12S\n\x10\x43omputeKnowledge\x12\".fedmkt.v1.ComputeKnowledgeRequest\x1a\x19.fedmkt.v1.KnowledgeChunk0\x01\x12N\n\x0cPublicTokens\x12\x1e.fedmkt.v1.PublicTokensRequest\x1a\x1c.fedmkt.v1.PublicTokensChunk0\x01\x12T\n\x10ReceiveKnowledge\x12\x19.fedmkt.v1.KnowledgeChunk\x1a#.fedmkt.v1.ReceiveKnowledgeResponse(\x01\x12;\n\x07\x44istill\x12\x19.fedmkt.v1.DistillRequest\x1a\x13.fedmkt.v1.Progress0\x01\x12=\n\x08\x45valuate\x12\x1a.fedmkt.v1.EvaluateRequest\x1a\x13.fedmkt.v1.Progress0\x01\x12I\n\x0c\x46\x65tchAdapter\x12\x1e.fedmkt.v1.FetchAdapterRequest\x1a\x17.fedmkt.v1.AdapterChunk0\x01\x12H\n\x0bPushAdapter\x12\x17.fedmkt.v1.AdapterChunk\x1a\x1e.fedmkt.v1.PushAdapterResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66\x65\x64mkt/v1/participant.proto\x12\tfedmkt.v1\x1a\x19\x66\x65\x64mkt/v1/knowledge.proto\x1a\x16\x66\x65\x64mkt/v1/tensor.proto\x1a\x17\x66\x65\x64mkt/v1/aligner.proto\x1a\x19\x66\x65\x64mkt/v1/tokenizer.proto\x1a\x18\x66\x65\x64mkt/v1/outcomes.proto\"\'\n\x06RunRef\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x05\"\x11\n\x0f\x44\x65scribeRequest\"\xa0\x02\n\x0fParticipantInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1d\n\x04role\x18\x02 \x01(\x0e\x32\x0f.fedmkt.v1.Role\x12\r\n\x05model\x18\x03 \x01(\t\x12+\n\ttokenizer\x18\x04 \x01(\x0b\x32\x18.fedmkt.v1.TokenizerInfo\x12\x1c\n\x14trainable_parameters\x18\x05 \x01(\x03\x12\x18\n\x10total_parameters\x18\x06 \x01(\x03\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\r\n\x05\x64type\x18\x08 \x01(\t\x12\x16\n\x0epublic_samples\x18\t \x01(\x05\x12\x17\n\x0fprivate_samples\x18\n \x01(\x05\x12\x1c\n\x14latest_adapter_round\x18\x0b \x01(\x05\"C\n\x11TrainLocalRequest\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.fedmkt.v1.RunRef\x12\x0e\n\x06\x65pochs\x18\x02 \x01(\x05\"\xe9\x01\n\x08Progress\x12\x0c\n\x04step\x18\x01 \x01(\t\x12\x11\n\tcompleted\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x31\n\x07metrics\x18\x04 \x03(\x0b\x32 .fedmkt.v1.Progress.MetricsEntry\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x12\x0f\n\x07message\x18\x06 \x01(\t\x12+\n\x08outcomes\x18\x07 \x01(\x0b\x32\x19.fedmkt.v1.SampleOutcomes\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"o\n\x17\x43omputeKnowledgeRequest\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.fedmkt.v1.RunRef\x12\r\n\x05top_k\x18\x02 \x01(\x05\x12%\n\x0blogit_dtype\x18\x03 \x01(\x0e\x32\x10.fedmkt.v1.DType\"\x15\n\x13PublicTokensRequest\"=\n\x11PublicTokensChunk\x12(\n\x07samples\x18\x01 \x03(\x0b\x32\x17.fedmkt.v1.TargetTokens\";\n\x18ReceiveKnowledgeResponse\x12\x0f\n\x07samples\x18\x01 \x01(\x05\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"\xa0\x01\n\x0e\x44istillRequest\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.fedmkt.v1.RunRef\x12\x10\n\x08strategy\x18\x02 \x01(\t\x12\x15\n\x08kd_alpha\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x0e\n\x06\x65pochs\x18\x05 \x01(\x05\x42\x0b\n\t_kd_alphaB\x0e\n\x0c_temperature\"@\n\x0f\x45valuateRequest\x12\x1e\n\x03run\x18\x01 \x01(\x0b\x32\x11.fedmkt.v1.RunRef\x12\r\n\x05split\x18\x02 \x01(\t\"4\n\x13\x46\x65tchAdapterRequest\x12\r\n\x05round\x18\x01 \x01(\x05\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"I\n\x0c\x41\x64\x61pterChunk\x12\r\n\x05round\x18\x01 \x01(\x05\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0c\n\x04last\x18\x04 \x01(\x08\"6\n\x13PushAdapterResponse\x12\x0f\n\x07tensors\x18\x01 \x01(\x05\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t*>\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SERVER\x10\x01\x12\x0f\n\x0bROLE_CLIENT\x10\x02\x32\xa7\x05\n\x12ParticipantService\x12\x42\n\x08\x44\x65scribe\x12\x1a.fedmkt.v1.DescribeRequest\x1a\x1a.fedmkt.v1.ParticipantInfo\x12\x41\n\nTrainLocal\x12\x1c.fedmkt.v1.TrainLocalRequest\x1a\x13.fedmkt.v1.Progress0\x01\x12S\n\x10\x43omputeKnowledge\x12\".fedmkt.v1.ComputeKnowledgeRequest\x1a\x19.fedmkt.v1.KnowledgeChunk0\x01\x12N\n\x0cPublicTokens\x12\x1e.fedmkt.v1.PublicTokensRequest\x1a\x1c.fedmkt.v1.PublicTokensChunk0\x01\x12T\n\x10ReceiveKnowledge\x12\x19.fedmkt.v1.KnowledgeChunk\x1a#.fedmkt.v1.ReceiveKnowledgeResponse(\x01\x12;\n\x07\x44istill\x12\x19.fedmkt.v1.DistillRequest\x1a\x13.fedmkt.v1.Progress0\x01\x12=\n\x08\x45valuate\x12\x1a.fedmkt.v1.EvaluateRequest\x1a\x13.fedmkt.v1.Progress0\x01\x12I\n\x0c\x46\x65tchAdapter\x12\x1e.fedmkt.v1.FetchAdapterRequest\x1a\x17.fedmkt.v1.AdapterChunk0\x01\x12H\n\x0bPushAdapter\x12\x17.fedmkt.v1.AdapterChunk\x1a\x1e.fedmkt.v1.PushAdapterResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,38 +38,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_PROGRESS_METRICSENTRY']._loaded_options = None
   _globals['_PROGRESS_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_ROLE']._serialized_start=1430
-  _globals['_ROLE']._serialized_end=1492
-  _globals['_RUNREF']._serialized_start=145
-  _globals['_RUNREF']._serialized_end=184
-  _globals['_DESCRIBEREQUEST']._serialized_start=186
-  _globals['_DESCRIBEREQUEST']._serialized_end=203
-  _globals['_PARTICIPANTINFO']._serialized_start=206
-  _globals['_PARTICIPANTINFO']._serialized_end=494
-  _globals['_TRAINLOCALREQUEST']._serialized_start=496
-  _globals['_TRAINLOCALREQUEST']._serialized_end=563
-  _globals['_PROGRESS']._serialized_start=566
-  _globals['_PROGRESS']._serialized_end=754
-  _globals['_PROGRESS_METRICSENTRY']._serialized_start=708
-  _globals['_PROGRESS_METRICSENTRY']._serialized_end=754
-  _globals['_COMPUTEKNOWLEDGEREQUEST']._serialized_start=756
-  _globals['_COMPUTEKNOWLEDGEREQUEST']._serialized_end=867
-  _globals['_PUBLICTOKENSREQUEST']._serialized_start=869
-  _globals['_PUBLICTOKENSREQUEST']._serialized_end=890
-  _globals['_PUBLICTOKENSCHUNK']._serialized_start=892
-  _globals['_PUBLICTOKENSCHUNK']._serialized_end=953
-  _globals['_RECEIVEKNOWLEDGERESPONSE']._serialized_start=955
-  _globals['_RECEIVEKNOWLEDGERESPONSE']._serialized_end=1014
-  _globals['_DISTILLREQUEST']._serialized_start=1017
-  _globals['_DISTILLREQUEST']._serialized_end=1177
-  _globals['_EVALUATEREQUEST']._serialized_start=1179
-  _globals['_EVALUATEREQUEST']._serialized_end=1243
-  _globals['_FETCHADAPTERREQUEST']._serialized_start=1245
-  _globals['_FETCHADAPTERREQUEST']._serialized_end=1297
-  _globals['_ADAPTERCHUNK']._serialized_start=1299
-  _globals['_ADAPTERCHUNK']._serialized_end=1372
-  _globals['_PUSHADAPTERRESPONSE']._serialized_start=1374
-  _globals['_PUSHADAPTERRESPONSE']._serialized_end=1428
-  _globals['_PARTICIPANTSERVICE']._serialized_start=1495
-  _globals['_PARTICIPANTSERVICE']._serialized_end=2174
+  _globals['_ROLE']._serialized_start=1501
+  _globals['_ROLE']._serialized_end=1563
+  _globals['_RUNREF']._serialized_start=171
+  _globals['_RUNREF']._serialized_end=210
+  _globals['_DESCRIBEREQUEST']._serialized_start=212
+  _globals['_DESCRIBEREQUEST']._serialized_end=229
+  _globals['_PARTICIPANTINFO']._serialized_start=232
+  _globals['_PARTICIPANTINFO']._serialized_end=520
+  _globals['_TRAINLOCALREQUEST']._serialized_start=522
+  _globals['_TRAINLOCALREQUEST']._serialized_end=589
+  _globals['_PROGRESS']._serialized_start=592
+  _globals['_PROGRESS']._serialized_end=825
+  _globals['_PROGRESS_METRICSENTRY']._serialized_start=779
+  _globals['_PROGRESS_METRICSENTRY']._serialized_end=825
+  _globals['_COMPUTEKNOWLEDGEREQUEST']._serialized_start=827
+  _globals['_COMPUTEKNOWLEDGEREQUEST']._serialized_end=938
+  _globals['_PUBLICTOKENSREQUEST']._serialized_start=940
+  _globals['_PUBLICTOKENSREQUEST']._serialized_end=961
+  _globals['_PUBLICTOKENSCHUNK']._serialized_start=963
+  _globals['_PUBLICTOKENSCHUNK']._serialized_end=1024
+  _globals['_RECEIVEKNOWLEDGERESPONSE']._serialized_start=1026
+  _globals['_RECEIVEKNOWLEDGERESPONSE']._serialized_end=1085
+  _globals['_DISTILLREQUEST']._serialized_start=1088
+  _globals['_DISTILLREQUEST']._serialized_end=1248
+  _globals['_EVALUATEREQUEST']._serialized_start=1250
+  _globals['_EVALUATEREQUEST']._serialized_end=1314
+  _globals['_FETCHADAPTERREQUEST']._serialized_start=1316
+  _globals['_FETCHADAPTERREQUEST']._serialized_end=1368
+  _globals['_ADAPTERCHUNK']._serialized_start=1370
+  _globals['_ADAPTERCHUNK']._serialized_end=1443
+  _globals['_PUSHADAPTERRESPONSE']._serialized_start=1445
+  _globals['_PUSHADAPTERRESPONSE']._serialized_end=1499
+  _globals['_PARTICIPANTSERVICE']._serialized_start=1566
+  _globals['_PARTICIPANTSERVICE']._serialized_end=2245
 # @@protoc_insertion_point(module_scope)

@@ -2,6 +2,7 @@ from fedmkt.wire.v1 import knowledge_pb2 as _knowledge_pb2
 from fedmkt.wire.v1 import tensor_pb2 as _tensor_pb2
 from fedmkt.wire.v1 import aligner_pb2 as _aligner_pb2
 from fedmkt.wire.v1 import tokenizer_pb2 as _tokenizer_pb2
+from fedmkt.wire.v1 import outcomes_pb2 as _outcomes_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -67,7 +68,7 @@ class TrainLocalRequest(_message.Message):
     def __init__(self, run: _Optional[_Union[RunRef, _Mapping]] = ..., epochs: _Optional[int] = ...) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("step", "completed", "total", "metrics", "done", "message")
+    __slots__ = ("step", "completed", "total", "metrics", "done", "message", "outcomes")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -81,13 +82,15 @@ class Progress(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
     step: str
     completed: int
     total: int
     metrics: _containers.ScalarMap[str, float]
     done: bool
     message: str
-    def __init__(self, step: _Optional[str] = ..., completed: _Optional[int] = ..., total: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., done: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+    outcomes: _outcomes_pb2.SampleOutcomes
+    def __init__(self, step: _Optional[str] = ..., completed: _Optional[int] = ..., total: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., done: _Optional[bool] = ..., message: _Optional[str] = ..., outcomes: _Optional[_Union[_outcomes_pb2.SampleOutcomes, _Mapping]] = ...) -> None: ...
 
 class ComputeKnowledgeRequest(_message.Message):
     __slots__ = ("run", "top_k", "logit_dtype")

@@ -1,0 +1,96 @@
+"""Did FedMKT help each model? Paired bootstrap verdicts from per-sample outcomes (DESIGN §11).
+
+For every participant the report compares its FedMKT result (its last evaluation in the FedMKT
+run) with each baseline on the same held-out samples: the baseline run's last evaluation
+(public-only fine-tuning for the LLM, standalone private-only training for an SLM) and the
+zero-shot evaluation (round 0). Each comparison is the paired bootstrap of
+``fedmkt.federation.stats``; the verdict ("helped", "no measurable difference", "hurt") comes from
+its 95 % interval, never from the point estimate. A comparison without per-sample outcomes on
+both sides gives no verdict, and says so.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from fedmkt.data.outcomes import OutcomesError, SampleOutcomes, paired_columns
+from fedmkt.federation import events as ev
+from fedmkt.federation.events import Event
+from fedmkt.federation.stats import paired_bootstrap
+
+# Seeds of the bootstrap: fixed, so the same run always gives the same intervals.
+BOOTSTRAP_SEED = 20240601
+RESAMPLES = 10_000
+
+
+def sample_outcomes(events: list[Event]) -> dict[str, dict[int, SampleOutcomes]]:
+    """participant → round → per-sample outcomes of its evaluation (where it sent them)."""
+    out: dict[str, dict[int, SampleOutcomes]] = defaultdict(dict)
+    for event in events:
+        if (event.kind == ev.METRICS and event.step == "evaluate" and event.participant
+                and event.outcomes is not None):
+            out[event.participant][event.round] = event.outcomes
+    return dict(out)
+
+
+def compare(mine: SampleOutcomes | None, other: SampleOutcomes | None, metric: str
+            ) -> dict[str, Any]:
+    """The paired difference ``mine - other`` on ``metric`` as a JSON-ready dict; with
+    ``verdict`` None and a ``reason`` when it cannot be computed."""
+    if mine is None or other is None:
+        return {"verdict": None, "reason": "no per-sample results"}
+    try:
+        a, b = paired_columns(mine, other, metric)
+    except (OutcomesError, KeyError) as exc:
+        return {"verdict": None, "reason": str(exc).strip("'\"")}
+    diff = paired_bootstrap(a, b, resamples=RESAMPLES, seed=BOOTSTRAP_SEED)
+    return {"verdict": diff.verdict, "mean": diff.mean, "low": diff.low, "high": diff.high,
+            "n": diff.n, "confidence": diff.confidence, "mine": float(a.mean()),
+            "other": float(b.mean()), "missing": max(len(mine), len(other)) - diff.n}
+
+
+def verdicts(rows: list[dict[str, Any]], fedmkt: dict[str, dict[int, SampleOutcomes]],
+             baseline: dict[str, dict[int, SampleOutcomes]], metric: str) -> None:
+    """Add ``vs_baseline`` and ``vs_zero_shot`` to each comparison row (in place)."""
+    for row in rows:
+        name = row["participant"]
+        mine = fedmkt.get(name, {})
+        final = mine.get(row["fedmkt_round"]) if row.get("fedmkt_round") is not None else None
+        base_rounds = baseline.get(name, {})
+        base = base_rounds[max(base_rounds)] if base_rounds else None
+        if row.get("note"):  # not trained in this scenario: nothing to compare
+            row["vs_baseline"] = row["vs_zero_shot"] = {"verdict": None, "reason": row["note"]}
+            continue
+        row["vs_baseline"] = compare(final, base, metric)
+        row["vs_zero_shot"] = compare(final, mine.get(0), metric)
+
+
+def _interval(result: dict[str, Any]) -> str:
+    pct = f"{100 * result['confidence']:.0f} %"
+    return (f"{result['mean']:+.3f} [{result['low']:+.3f}, {result['high']:+.3f}] "
+            f"({pct} paired bootstrap, n = {result['n']})")
+
+
+def verdict_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per model: FedMKT against each baseline, with the interval and the verdict."""
+    metric = summary["metric"]
+    lines = []
+    for row in summary["comparison"]:
+        head = f"- **{row['participant']}** ({row['role']}, {row['model']})"
+        if row.get("note"):
+            lines.append(f"{head}: no verdict ({row['note']}).")
+            continue
+        parts = []
+        for key, what in (("vs_baseline", row["baseline_kind"]), ("vs_zero_shot", "zero-shot")):
+            result = row.get(key) or {"verdict": None, "reason": "not compared"}
+            if result["verdict"] is None:
+                parts.append(f"vs {what}: no verdict ({result['reason']})")
+                continue
+            word = result["verdict"]
+            word = f"**{word}**" if word != "no measurable difference" else word
+            parts.append(f"vs {what} {result['other']:.3f}: {word}, {_interval(result)}")
+        fed = row.get("fedmkt")
+        shown = "—" if fed is None else f"{fed:.3f}"
+        lines.append(f"{head}: FedMKT {metric} {shown}; " + "; ".join(parts) + ".")
+    return lines
