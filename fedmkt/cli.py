@@ -206,6 +206,61 @@ def submit(
         _fail(final.error or state)
 
 
+@app.command("export")
+def export(
+    out_dir: Path = typer.Argument(..., help="the checkpoint folder to write (must not exist "
+                                             "unless --force)"),
+    adapter: Path | None = typer.Option(
+        None, "--adapter", help="a PEFT adapter folder (adapter_config.json + "
+                                "adapter_model.safetensors), e.g. <state>/runs/<run id>/adapters/"
+                                "round-0003"),
+    run: str | None = typer.Option(
+        None, "--run", help="instead of --adapter: a run id under --runs-dir, or a run folder, "
+                            "of `fedmkt run`"),
+    participant: str | None = typer.Option(
+        None, "--participant", help="with --run: whose adapter (a participant name)"),
+    round_index: int | None = typer.Option(
+        None, "--round", min=0, help="with --run: which round (default: the newest saved, i.e. "
+                                     "the final adapter of a finished run)"),
+    baseline: bool = typer.Option(
+        False, "--baseline", help="with --run: the adapter of the baseline run instead"),
+    runs_dir: Path = RUNS_DIR,
+    model: str | None = typer.Option(
+        None, "--model", help="the base model: builtin name, checkpoint folder or hub id "
+                              "(default: the one the adapter was trained on)"),
+    dtype: str = typer.Option("float32", "--dtype",
+                              help="dtype to load, merge and save in: float32, bfloat16, float16"),
+    force: bool = typer.Option(False, "--force", help="replace an existing OUT_DIR"),
+) -> None:
+    """Merge a LoRA adapter into its base model and write a full Hugging Face checkpoint
+    (config, safetensors weights, tokenizer) that AutoModelForCausalLM loads. See docs/export.md.
+
+    fedmkt export OUT_DIR --adapter ADAPTER_DIR [--model NAME]
+
+    fedmkt export OUT_DIR --run RUN_ID --participant NAME [--round N] [--baseline]
+    """
+    from fedmkt.errors import FedmktError
+    from fedmkt.models.export import export_merged, export_run_adapter
+
+    if (adapter is None) == (run is None):
+        _fail("give either --adapter ADAPTER_DIR or --run RUN_ID --participant NAME")
+    if run is not None and not participant:
+        _fail("--run needs --participant NAME")
+    if adapter is not None and (participant or round_index is not None or baseline):
+        _fail("--participant, --round and --baseline go with --run, not with --adapter")
+    try:
+        if adapter is not None:
+            result = export_merged(adapter, out_dir, model=model, dtype=dtype, force=force)
+        else:
+            result = export_run_adapter(run, participant, out_dir, round_index=round_index,
+                                        runs_dir=runs_dir, baseline=baseline, model=model,
+                                        dtype=dtype, force=force)
+    except FedmktError as exc:
+        _fail(str(exc))
+    typer.echo(f"exported {result.adapter_dir} merged into {result.base_model} "
+               f"({result.dtype}) to {result.out_dir}")
+
+
 @app.command("health")
 def health(
     endpoint: str = typer.Argument(..., help="host:port of any fedmkt gRPC service"),

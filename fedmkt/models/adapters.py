@@ -1,11 +1,16 @@
 """LoRA adapters on disk and on the wire: per-round checkpoints, bytes, validation, FedAvg.
 
 On disk a participant keeps one PEFT folder per round, ``<state_dir>/adapters/round-0003/``
-(``adapter_config.json`` + ``adapter_model.safetensors``). Each is written under a temporary
-name and renamed into place (``fedmkt.models.atomic``), so the latest round folder is always a
-whole adapter, whatever moment a crash hits. On the wire an adapter is the bytes of its
-safetensors file; whatever arrives is checked against the receiving model's own LoRA parameters
-(names, shapes, floating dtype, finite values) before anything is loaded. No pickle anywhere.
+(``adapter_config.json`` + ``adapter_model.safetensors``), which
+``peft.PeftModel.from_pretrained(base, folder)`` opens as it is; its ``base_model_name_or_path``
+is the absolute checkpoint folder the base was loaded from, and ``fedmkt_adapter.json`` beside it
+names the base as fedmkt knows it (a builtin name travels between machines, a cache path does
+not). ``fedmkt export`` (``fedmkt.models.export``) merges such a folder into a full checkpoint.
+Each is written under a temporary name and renamed into place (``fedmkt.models.atomic``), so the
+latest round folder is always a whole adapter, whatever moment a crash hits. On the wire an
+adapter is the bytes of its safetensors file; whatever arrives is checked against the receiving
+model's own LoRA parameters (names, shapes, floating dtype, finite values) before anything is
+loaded. No pickle anywhere.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ log = logging.getLogger(__name__)
 ADAPTERS_DIRNAME = "adapters"
 ADAPTER_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
+INFO_FILE = "fedmkt_adapter.json"  # which base model, as fedmkt names it (optional to readers)
 ROUND_PATTERN = re.compile(r"^round-(\d{4,})$")
 MAX_ADAPTER_BYTES = 1 << 30  # 1 GiB: LoRA r=64 on every projection of a 70B model fits
 
@@ -57,8 +63,45 @@ def save_adapter(peft_model: Any, state_dir: str | Path, round_index: int) -> Pa
         peft_model.save_pretrained(str(tmp), safe_serialization=True)
         if not _is_whole(tmp):
             raise RuntimeError(f"PEFT did not write {ADAPTER_FILE} and {CONFIG_FILE} into {tmp}")
+        _describe_base(tmp)
     log.info("saved adapter of round %d to %s", round_index, final)
     return final
+
+
+def _describe_base(folder: Path) -> None:
+    """Make ``base_model_name_or_path`` absolute when it is a local folder (a relative
+    ``$FEDMKT_HOME`` would otherwise tie the adapter to one working directory) and write
+    ``fedmkt_adapter.json``: ``base_model`` is the builtin name when the base is a builtin's
+    checkpoint in this cache, else the folder or hub id the base was loaded from."""
+    import json
+
+    config_path = folder / CONFIG_FILE
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    base = config.get("base_model_name_or_path") or ""
+    if base and Path(base).expanduser().is_dir():
+        absolute = str(Path(base).expanduser().resolve())
+        if absolute != base:
+            config["base_model_name_or_path"] = base = absolute
+            config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n",
+                                   encoding="utf-8")
+    info = {"format": 1, "base_model": builtin_name_of(base) or base or None,
+            "base_model_name_or_path": base or None}
+    (folder / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def builtin_name_of(path: str) -> str | None:
+    """The builtin model whose cache checkpoint folder ``path`` is, else None."""
+    from fedmkt.models.registry import BUILTIN_MODELS, models_root
+
+    if not path:
+        return None
+    folder = Path(path).expanduser()
+    if folder.name not in BUILTIN_MODELS or not folder.is_dir():
+        return None
+    try:
+        return folder.name if folder.resolve().parent == models_root().resolve() else None
+    except OSError:
+        return None
 
 
 def list_adapters(state_dir: str | Path) -> list[tuple[int, Path]]:
