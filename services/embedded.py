@@ -41,12 +41,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedmkt.config import FederationConfig, load_federation_config
 from fedmkt.federation.events import Event
-from fedmkt.federation.interfaces import CallOptions, CancelScope
 from fedmkt.federation.participants import participant_config
 from fedmkt.federation.report import RunOutcome, summarize, write_report
 from fedmkt.federation.threads import thread_env, thread_plan
 from fedmkt.federation.view import RunView
 from fedmkt.wire.v1 import controller_pb2, controller_pb2_grpc
+from services.run_adapters import fetch_final_adapters
 
 log = logging.getLogger("fedmkt.embedded")
 
@@ -276,8 +276,8 @@ class EmbeddedRun:
                 startup = time.perf_counter() - t0
                 fedmkt = self._execute(deployment, self.config, self.run_id, "fedmkt")
                 if fedmkt.state == "succeeded":
-                    adapters = self._fetch_adapters(deployment, self.run_dir / "adapters",
-                                                    self.run_id)
+                    adapters = fetch_final_adapters(deployment.participants, None,
+                                                    self.run_id, self.run_dir)
                 self.services.stop(deployment.processes, self.stop_grace)
                 if self.baselines and fedmkt.state == "succeeded":
                     t1 = time.perf_counter()
@@ -391,26 +391,6 @@ class EmbeddedRun:
 
         return RunOutcome(run_id, STATE_NAMES.get(info.state, "failed"), info.error, events,
                           time.perf_counter() - started)
-
-    def _fetch_adapters(self, deployment: Deployment, folder: Path,
-                        run_id: str) -> dict[str, dict[str, Any]]:
-        from services.controller.clients import GrpcParticipant
-
-        out = {}
-        folder.mkdir(parents=True, exist_ok=True)
-        for name, endpoint in deployment.participants.items():
-            with grpc.insecure_channel(endpoint) as channel:
-                try:
-                    blob = GrpcParticipant(name, channel).fetch_adapter(
-                        -1, CallOptions.within(name, 300, CancelScope()), run_id)
-                except Exception as exc:  # noqa: BLE001 - a missing adapter is reported
-                    out[name] = {"error": str(exc)}
-                    continue
-            path = folder / f"{name}-round-{blob.round:04d}.safetensors"
-            path.write_bytes(blob.data)
-            out[name] = {"round": blob.round, "digest": blob.digest,
-                         "path": str(path.relative_to(self.run_dir))}
-        return out
 
 
 def _watch(stub: controller_pb2_grpc.ControllerServiceStub, run_id: str) -> Iterator[Event]:

@@ -3,10 +3,10 @@
 The compose ``run`` job and the Kubernetes Job submit the federation to the controller and follow
 its events; with a report folder they also write ``DIR/<run-id>/`` as ``fedmkt run`` does:
 ``events.jsonl`` (live, one event a line), ``config.yaml``, then at the end ``adapters/`` (the
-latest adapter of every participant, fetched over gRPC), ``report.md``, ``metrics.json``,
-``metrics.png`` and ``run.json``. There is no baseline run here: the comparison's baseline column
-stays empty (``fedmkt run`` measures it). Drops, with the reason and the round, are in the
-report as in every run.
+latest adapter of every participant as a PEFT folder, fetched over gRPC by
+``services.run_adapters``), ``report.md``, ``metrics.json``, ``metrics.png`` and ``run.json``.
+There is no baseline run here: the comparison's baseline column stays empty (``fedmkt run``
+measures it). Drops, with the reason and the round, are in the report as in every run.
 """
 
 from __future__ import annotations
@@ -74,27 +74,10 @@ class SubmitReport:
         return paths["report"]
 
     def _fetch_adapters(self) -> dict[str, dict[str, Any]]:
-        from fedmkt.federation.interfaces import CallOptions, CancelScope
-        from services.controller.clients import GrpcParticipant, open_channel
+        from services.run_adapters import fetch_final_adapters
 
-        folder = self.run_dir / "adapters"
-        folder.mkdir(parents=True, exist_ok=True)
-        out: dict[str, dict[str, Any]] = {}
-        for spec in self.config.participants:
-            if not spec.endpoint:
-                continue
-            with open_channel(spec.endpoint, self.config.tls) as channel:
-                try:
-                    blob = GrpcParticipant(spec.name, channel).fetch_adapter(
-                        -1, CallOptions.within(spec.name, 300, CancelScope()), self.run_id)
-                except Exception as exc:  # noqa: BLE001 - a missing adapter is reported
-                    out[spec.name] = {"error": str(exc)}
-                    continue
-            path = folder / f"{spec.name}-round-{blob.round:04d}.safetensors"
-            path.write_bytes(blob.data)
-            out[spec.name] = {"round": blob.round, "digest": blob.digest,
-                              "path": str(path.relative_to(self.run_dir))}
-        return out
+        endpoints = {p.name: p.endpoint for p in self.config.participants if p.endpoint}
+        return fetch_final_adapters(endpoints, self.config.tls, self.run_id, self.run_dir)
 
     def _status(self, **values: Any) -> None:
         path = self.run_dir / "run.json"

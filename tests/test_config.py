@@ -132,14 +132,22 @@ def test_not_yaml_and_not_a_mapping() -> None:
         parse_federation_config("- 1\n- 2\n")
 
 
-@pytest.mark.parametrize("name", ["heterogeneous", "homogeneous", "one_to_one", "llm_to_slm",
-                                  "real-pair"])
+@pytest.mark.parametrize("name", ["demo", "heterogeneous", "homogeneous", "one_to_one",
+                                  "llm_to_slm", "real-pair"])
 def test_every_example_loads(name: str) -> None:
     config = load_federation_config(EXAMPLES / f"{name}.yaml")
     assert config.rounds >= 1 and config.clients
 
 
-def test_the_default_example_is_the_issue_scenario() -> None:
+def test_the_default_demo_is_a_federation_of_three_real_models() -> None:
+    config = load_federation_config(EXAMPLES / "demo.yaml")
+    assert config.scenario == Scenario.HETEROGENEOUS
+    assert config.server.model == "qwen2.5-coder-0.5b"
+    assert sorted(c.model for c in config.clients) == ["gemma3-270m", "smollm2-135m"]
+    assert config.task.max_eval >= 200  # enough held-out samples for the paired intervals
+
+
+def test_the_tiny_example_is_the_plumbing_scenario() -> None:
     config = load_federation_config(EXAMPLES / "heterogeneous.yaml")
     assert config.scenario == Scenario.HETEROGENEOUS
     assert config.server.model == "smollm2-135m"

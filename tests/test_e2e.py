@@ -102,6 +102,8 @@ def test_two_rounds_through_real_processes(reference: tuple[Path, dict]) -> None
         assert adapter["round"] == 2
         data = (run_dir / adapter["path"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == adapter["digest"]
+        config = json.loads((run_dir / adapter["folder"] / "adapter_config.json").read_text())
+        assert config["peft_type"] == "LORA" and adapter["base_model"]  # a PEFT folder
     status = json.loads((run_dir / "run.json").read_text())
     assert status["state"] == "succeeded" and status["baseline_state"] == "succeeded"
 

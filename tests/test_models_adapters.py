@@ -234,3 +234,32 @@ def test_pickle_adapters_are_never_read(tmp_path: Path) -> None:
     assert latest_adapter(tmp_path) is None
     with pytest.raises(NotFound):
         load_adapter_into(_peft(), folder)
+
+
+def test_a_fetched_adapter_becomes_a_peft_folder_that_peft_opens(tmp_path: Path) -> None:
+    from peft import PeftModel
+
+    from fedmkt.models.adapters import check_peft_config, peft_folder_texts, write_peft_folder
+
+    trained = _peft(seed=3)
+    saved = save_adapter(trained, tmp_path / "state", 1)
+    config, base = peft_folder_texts(saved)  # what FetchAdapter sends with the bytes
+    assert check_peft_config(config)["peft_type"] == "LORA"
+    out = write_peft_folder(tmp_path / "run" / "adapters" / "c1", adapter_bytes(saved), config,
+                            base)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors", "fedmkt_adapter.json"]
+    torch.manual_seed(0)
+    base_model = AutoModelForCausalLM.from_config(TINY_MODELS["tiny-smollm2"].make_config(
+        VOCAB, IDS))
+    opened = PeftModel.from_pretrained(base_model, str(out)).eval()
+    assert torch.allclose(_logits(opened), _logits(trained), atol=1e-6)
+    # what a participant must not send is refused, and nothing is written
+    bad = tmp_path / "run" / "adapters" / "bad"
+    for data, text, match in ((adapter_bytes(saved), "{}", "peft_type LORA"),
+                              (adapter_bytes(saved), "not json", "not JSON"),
+                              (adapter_bytes(saved), " " * (65 * 1024), "larger than"),
+                              (b"pickle?", config, "safetensors")):
+        with pytest.raises(InvalidArgument, match=match):
+            write_peft_folder(bad, data, text)
+    assert not bad.exists()

@@ -5,6 +5,7 @@ server and a client with different tokenizers through the real aligner service."
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -282,6 +283,8 @@ def test_one_full_round_between_two_tokenizers_over_grpc(client, server, aligner
         assert stub.Describe(participant_pb2.DescribeRequest()).latest_adapter_round == rnd
         adapter = list(stub.FetchAdapter(participant_pb2.FetchAdapterRequest(round=rnd)))
         assert adapter[-1].last and adapter[0].round == rnd
+        assert json.loads(adapter[-1].peft_config_json)["peft_type"] == "LORA"
+        assert adapter[-1].base_model == ("tiny-gpt2" if stub is client else "tiny-mistral")
 
 
 @pytest.mark.slow

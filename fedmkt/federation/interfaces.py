@@ -146,6 +146,8 @@ class AdapterBlob:
     round: int
     digest: str
     data: bytes
+    peft_config: str = ""  # adapter_config.json as the participant saved it (checked)
+    base_model: str = ""  # the base model as fedmkt names it
 
 
 @dataclass(frozen=True)

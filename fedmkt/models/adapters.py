@@ -265,3 +265,64 @@ def _normalized_weights(weights: Sequence[float] | None, count: int) -> list[flo
         raise InvalidArgument(f"fedavg weights must be finite, >= 0 and not all 0: {values}")
     total = sum(values)
     return [w / total for w in values]
+
+
+# --------------------------------------------------------------------------- PEFT folders elsewhere
+
+MAX_PEFT_CONFIG_BYTES = 64 * 1024
+MAX_BASE_MODEL_CHARS = 1024
+
+
+def peft_folder_texts(folder: str | Path) -> tuple[str, str]:
+    """``(adapter_config.json text, base model as fedmkt names it)`` of a saved round folder,
+    to send with its bytes (empty strings where unknown)."""
+    import json
+
+    folder = Path(folder)
+    try:
+        config = (folder / CONFIG_FILE).read_text(encoding="utf-8")
+    except OSError:
+        config = ""
+    try:
+        info = json.loads((folder / INFO_FILE).read_text(encoding="utf-8"))
+        base = str(info.get("base_model") or "") if isinstance(info, dict) else ""
+    except (OSError, ValueError):
+        base = ""
+    return config, base
+
+
+def check_peft_config(text: str) -> dict[str, Any]:
+    """A received ``adapter_config.json``: a JSON object of at most 64 KiB for a LoRA adapter
+    (raises ``InvalidArgument`` saying what is wrong)."""
+    import json
+
+    if len(text.encode("utf-8")) > MAX_PEFT_CONFIG_BYTES:
+        raise InvalidArgument(f"adapter_config.json is larger than {MAX_PEFT_CONFIG_BYTES} bytes")
+    try:
+        config = json.loads(text)
+    except ValueError as exc:
+        raise InvalidArgument(f"adapter_config.json is not JSON: {exc}") from exc
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        raise InvalidArgument("adapter_config.json must be a JSON object with peft_type LORA")
+    return config
+
+
+def write_peft_folder(folder: str | Path, data: bytes, peft_config: str,
+                      base_model: str = "") -> Path:
+    """Write a PEFT folder (``adapter_config.json``, ``adapter_model.safetensors`` and
+    ``fedmkt_adapter.json``) from an adapter received over the wire, atomically, replacing an
+    older one. The bytes must be a safetensors file and the config a LoRA config."""
+    import json
+
+    check_peft_config(peft_config)
+    if len(base_model) > MAX_BASE_MODEL_CHARS or not base_model.isprintable():
+        raise InvalidArgument(f"base model name must be at most {MAX_BASE_MODEL_CHARS} "
+                              "printable characters")
+    state_dict_from_bytes(data)  # raises for anything that is not a safetensors file
+    final = Path(folder)
+    with atomic_folder(final, replace=True) as tmp:
+        (tmp / ADAPTER_FILE).write_bytes(data)
+        (tmp / CONFIG_FILE).write_text(peft_config, encoding="utf-8")
+        info = {"format": 1, "base_model": base_model or None}
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return final

@@ -109,6 +109,8 @@ class AdapterBlob:
     round: int
     data: bytes
     digest: str  # sha256 hex of data
+    peft_config: str = ""  # the round folder's adapter_config.json
+    base_model: str = ""  # the base model as fedmkt names it (fedmkt_adapter.json)
 
 
 def _tokenizer_label(model_spec: str) -> str:
@@ -592,8 +594,11 @@ class Participant:
         check_round(round_index)
         if round_index not in folders.final_rounds():
             raise NotFound(f"run {run_id} has no adapter for round {round_index}")
-        data = adapters.adapter_bytes(folders.path(StateKey("final", round_index)))
-        return AdapterBlob(round_index, data, hashlib.sha256(data).hexdigest())
+        folder = folders.path(StateKey("final", round_index))
+        data = adapters.adapter_bytes(folder)
+        peft_config, base_model = adapters.peft_folder_texts(folder)
+        return AdapterBlob(round_index, data, hashlib.sha256(data).hexdigest(), peft_config,
+                           base_model)
 
     def push_adapter(self, round_index: int, data: bytes) -> tuple[int, str]:
         """Replace the LoRA weights (e.g. a FedAvg result) and save them as the round's adapter.

@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 
 from fedmkt.config import FederationConfig, TlsConfig
+from fedmkt.errors import InvalidArgument
 from fedmkt.federation.errors import CallCancelled, CallFailed, DeadlineMissed, Unreachable
 from fedmkt.federation.interfaces import (
     AdapterBlob,
@@ -30,6 +31,7 @@ from fedmkt.federation.interfaces import (
     ReceiveResult,
 )
 from fedmkt.federation.pipe import LOGIT_DTYPE
+from fedmkt.models.adapters import MAX_BASE_MODEL_CHARS, check_peft_config
 from fedmkt.wire.errors import WireError
 from fedmkt.wire.outcomes import outcomes_from_pb
 from fedmkt.wire.v1 import (
@@ -273,7 +275,16 @@ class GrpcParticipant:
         data = b"".join(parts)
         if hashlib.sha256(data).hexdigest() != last.digest:
             raise CallFailed(self.name, "DATA_LOSS", "adapter bytes do not match their digest")
-        return AdapterBlob(last.round, last.digest, data)
+        peft_config, base_model = last.peft_config_json, last.base_model
+        try:
+            if peft_config:
+                check_peft_config(peft_config)
+            if len(base_model) > MAX_BASE_MODEL_CHARS or not base_model.isprintable():
+                raise InvalidArgument("its base model name is not at most "
+                                      f"{MAX_BASE_MODEL_CHARS} printable characters")
+        except InvalidArgument as exc:
+            raise CallFailed(self.name, "DATA_LOSS", f"adapter: {exc}") from exc
+        return AdapterBlob(last.round, last.digest, data, peft_config, base_model)
 
     def push_adapter(self, round: int, data: bytes, opts: CallOptions) -> PushResult:
         digest = hashlib.sha256(data).hexdigest()
@@ -368,8 +379,6 @@ def open_channel(endpoint: str, tls: TlsConfig | None) -> grpc.Channel:
 
 def check_endpoints(config: FederationConfig) -> None:
     """Raise ``InvalidArgument`` unless every participant and the aligner have an endpoint."""
-    from fedmkt.errors import InvalidArgument
-
     missing = [f"participants[{i}].endpoint" for i, p in enumerate(config.participants)
                if not p.endpoint]
     if config.aligner.endpoint is None:

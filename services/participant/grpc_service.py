@@ -262,9 +262,11 @@ class ParticipantServicer(participant_pb2_grpc.ParticipantServiceServicer):
         data = blob.data
         for start in range(0, max(len(data), 1), ADAPTER_CHUNK_BYTES):
             piece = data[start : start + ADAPTER_CHUNK_BYTES]
+            last = start + ADAPTER_CHUNK_BYTES >= len(data)
             yield participant_pb2.AdapterChunk(
-                round=blob.round, digest=blob.digest, data=piece,
-                last=start + ADAPTER_CHUNK_BYTES >= len(data))
+                round=blob.round, digest=blob.digest, data=piece, last=last,
+                peft_config_json=blob.peft_config if last else "",
+                base_model=blob.base_model if last else "")
 
     @map_errors
     def PushAdapter(self, request_iterator, context):

@@ -151,16 +151,20 @@ class FetchAdapterRequest(_message.Message):
     def __init__(self, round: _Optional[int] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class AdapterChunk(_message.Message):
-    __slots__ = ("round", "digest", "data", "last")
+    __slots__ = ("round", "digest", "data", "last", "peft_config_json", "base_model")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
+    PEFT_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     round: int
     digest: str
     data: bytes
     last: bool
-    def __init__(self, round: _Optional[int] = ..., digest: _Optional[str] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ...) -> None: ...
+    peft_config_json: str
+    base_model: str
+    def __init__(self, round: _Optional[int] = ..., digest: _Optional[str] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ..., peft_config_json: _Optional[str] = ..., base_model: _Optional[str] = ...) -> None: ...
 
 class PushAdapterResponse(_message.Message):
     __slots__ = ("tensors", "digest")
