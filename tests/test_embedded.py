@@ -280,7 +280,14 @@ def test_report_compares_measured_numbers_and_says_when_fedmkt_did_not_help(
     assert chosen[(1, "llm")]["selected"] == {"c1": 1}
     assert chosen[(1, "c1")]["selected"] == {"llm": 1}
     assert chosen[(2, "c1")]["distilled_fraction"] == pytest.approx(0.25)
-    assert "## Knowledge distilled" in report and "| 1 | llm | 4 | 25% | c1 ×1 |" in report
+    # positions projected: the aligner's share on the pipe into that student
+    assert "## Knowledge distilled" in report
+    assert "| 1 | llm | 4 | 25% | c1 ×1 | 86% | — | — | 0.750 |" in report
+    pipes = {(s["round"], s["step"], s["participant"]): s.get("aligned_share")
+             for s in summary["steps"]}
+    assert chosen[(1, "llm")]["projected_share"] == pipes[(1, "client_knowledge", "c1")]
+    assert chosen[(1, "c1")]["projected_share"] == pipes[(1, "server_knowledge", "c1")]
+    assert pipes[(1, "client_knowledge", "c1")] != pipes[(1, "server_knowledge", "c1")]
 
 
 def json_load(path: Path) -> dict:

@@ -81,18 +81,30 @@ def step_timings(events: list[Event]) -> list[dict[str, Any]]:
     return rows
 
 
-def selections(events: list[Event]) -> list[dict[str, Any]]:
-    """Per distill step: the share of public samples distilled and which teachers were chosen."""
+def selections(events: list[Event], server: str = "") -> list[dict[str, Any]]:
+    """Per distill step: the share of public samples distilled, which teachers were chosen, the
+    share of the received knowledge's positions projected from a teacher (the rest fell back to
+    one-hot targets) and the step's losses (CE, KD, total)."""
+    projected: dict[tuple[int, str], list[float]] = defaultdict(list)
+    for event in events:
+        if event.kind == ev.STEP_FINISHED and "aligned_share" in event.metrics:
+            # client_knowledge: a client's knowledge on its way to the server (``server``);
+            # server_knowledge: the server's knowledge on its way to that client
+            student = server if event.step == "client_knowledge" else event.participant
+            projected[(event.round, student)].append(event.metrics["aligned_share"])
     rows = []
     for event in events:
         if event.kind == ev.STEP_FINISHED and event.step == "distill":
             m = event.metrics
+            shares = projected.get((event.round, event.participant))
             rows.append({
                 "round": event.round, "participant": event.participant,
                 "samples": int(m.get("samples", 0)),
                 "distilled_fraction": m.get("distilled_fraction"),
                 "selected": {k.split("/", 1)[1]: int(v) for k, v in sorted(m.items())
                              if k.startswith("selected/")},
+                "projected_share": sum(shares) / len(shares) if shares else None,
+                "ce": m.get("ce"), "kd": m.get("kd"), "loss": m.get("loss"),
             })
     return rows
 
@@ -184,7 +196,7 @@ def summarize(config: FederationConfig, fedmkt: RunOutcome, baseline: RunOutcome
             "mean_aligned_share": (sum(p["aligned_share"] for p in pipes) / len(pipes)
                                    if pipes else None),
         },
-        "selection": selections(fedmkt.events),
+        "selection": selections(fedmkt.events, config.server.name),
         "work": {"FedMKT": work_rows(fedmkt.events),
                  "baseline": work_rows(baseline.events) if baseline is not None else []},
         "drops": [{"round": e.round, "participant": e.participant, "message": e.message}
@@ -214,13 +226,19 @@ def _selection_table(summary: dict[str, Any]) -> list[str]:
              "Selection keeps a teacher's knowledge for a public sample only where that teacher "
              "beats the student on it (answer NLL); a student nobody beats trains on CE alone, "
              "exactly like its baseline.", "",
-             "| round | student | public samples | distilled | teachers chosen |",
-             "|---|---|---|---|---|"]
+             "Positions projected: the share of the received knowledge's positions whose "
+             "distribution was projected from the teacher's top-k (the rest are one-hot "
+             "targets). CE, KD: the step's mean losses (loss = λ·CE + (1-λ)·KD).", "",
+             "| round | student | public samples | distilled | teachers chosen | positions "
+             "projected | CE | KD | loss |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        fraction = row["distilled_fraction"]
+        fraction, share = row["distilled_fraction"], row.get("projected_share")
         chosen = ", ".join(f"{name} ×{n}" for name, n in row["selected"].items() if n) or "none"
         lines.append(f"| {row['round']} | {row['participant']} | {row['samples']} | "
-                     f"{'—' if fraction is None else f'{fraction:.0%}'} | {chosen} |")
+                     f"{'—' if fraction is None else f'{fraction:.0%}'} | {chosen} | "
+                     f"{'—' if share is None else f'{share:.0%}'} | {_fmt(row.get('ce'))} | "
+                     f"{_fmt(row.get('kd'))} | {_fmt(row.get('loss'))} |")
     return lines
 
 
