@@ -61,6 +61,25 @@ class AlignerSettings(ServiceSettings):
     grpc_port: int = 50051
     http_port: int = 8080  # 0 = a free port; -1 = no HTTP API
     max_message_mb: int = 128  # tokenizer registration carries whole tokenizer files
+    # gRPC limits: at most `workers` calls at once (further ones get RESOURCE_EXHAUSTED), of
+    # them at most `max_streams` AlignKnowledge (or other) streams; a stream whose client sends
+    # nothing for `stream_idle_timeout_s` while the aligner waits is ended (DEADLINE_EXCEEDED,
+    # 0 = never); `health_workers` more threads answer only grpc.health.v1 Check.
+    workers: int = 24
+    max_streams: int = 16
+    stream_idle_timeout_s: float = 300.0
+    health_workers: int = 2
+
+    @model_validator(mode="after")
+    def _limits(self) -> AlignerSettings:
+        if self.workers < 1 or self.health_workers < 1:
+            raise ValueError("workers and health_workers must be at least 1")
+        if not 0 <= self.max_streams <= self.workers:
+            raise ValueError(f"max_streams must be in 0..workers ({self.workers}), "
+                             f"got {self.max_streams}")
+        if self.stream_idle_timeout_s < 0:
+            raise ValueError("stream_idle_timeout_s must be >= 0 (0 = no idle timeout)")
+        return self
 
     def resolved_state_dir(self) -> Path:
         path = self.state_dir or cache_home() / "aligner"

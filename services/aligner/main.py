@@ -8,7 +8,13 @@ import threading
 from fedmkt.align.engine import AlignmentEngine
 from fedmkt.wire.v1 import aligner_pb2, aligner_pb2_grpc
 from services.aligner.grpc_service import AlignerServicer
-from services.common import add_health_and_reflection, bind, build_server, configure_logging
+from services.common import (
+    CallLimits,
+    add_health_and_reflection,
+    bind,
+    build_server,
+    configure_logging,
+)
 from services.settings import AlignerSettings
 
 log = logging.getLogger("fedmkt.aligner")
@@ -21,8 +27,15 @@ class AlignerProcess:
         self.settings = settings
         self.engine = AlignmentEngine(settings.resolved_state_dir())
         limit = settings.max_message_mb << 20
+        env = "FEDMKT_ALIGNER_"
+        limits = CallLimits(
+            max_streams=settings.max_streams,
+            stream_idle_timeout_s=settings.stream_idle_timeout_s,
+            health_workers=settings.health_workers,
+            setting_names={n: f"{n} / {env}{n.upper()}"
+                           for n in ("workers", "max_streams", "stream_idle_timeout_s")})
         self.grpc = build_server(max_workers=settings.workers, max_receive_bytes=limit,
-                                 max_send_bytes=limit)
+                                 max_send_bytes=limit, limits=limits)
         aligner_pb2_grpc.add_AlignerServiceServicer_to_server(
             AlignerServicer(self.engine), self.grpc)
         self.health = add_health_and_reflection(
