@@ -85,6 +85,27 @@ def test_random_strings_with_many_ties() -> None:
     both(target, source)
 
 
+def test_anagrams_and_shuffles_across_levels() -> None:
+    """Targets that pass the bag bound at a low level but sit at a larger distance (anagrams,
+    shuffles): each candidate is verified once, at the level of its bound, and its distance is
+    remembered for the later levels; the map must still equal the oracle."""
+    rng = random.Random(5)
+
+    def word(alphabet: str) -> str:
+        return "".join(rng.choice(alphabet) for _ in range(rng.randint(3, 10)))
+
+    def shuffled(s: str) -> str:
+        chars = list(s)
+        rng.shuffle(chars)
+        return "".join(chars)
+
+    source = [word("abcdef") for _ in range(150)] + [word("abcdefghéxyz") for _ in range(50)]
+    target = [shuffled(s) for s in source[::2]] + [word("abcdefgé") for _ in range(200)]
+    target += [shuffled(s)[1:] + "q" for s in source[1::3]]
+    both(source, target)
+    both(target, source)
+
+
 def test_options_do_not_change_the_result() -> None:
     rng = random.Random(3)
     words = ["".join(rng.choice("abcd") for _ in range(rng.randint(1, 6))) for _ in range(300)]

@@ -34,18 +34,28 @@ rapidfuzz's SIMD ``cdist``, still takes about a minute for 262k × 49k):
    ``x ≤ k - max(0, m - n)`` and ``|m - n| ≤ k``. Two exact ways produce the candidates:
 
    * *bitsets*: targets are laid out by (length, rank) and each feature has a bitset of the
-     targets that lack it. Saturating bit-sliced counters ("at least 1, 2, …, k + 1 features
-     missing") are updated with a few word operations per feature over the length band of a
-     batch of sources — 64 targets per machine word — and the bound is applied per target
-     length. Features are taken rarest first and sources whose band is exhausted leave early.
+     targets that lack it. Bit-sliced counters of the missing features are updated with a few
+     word operations per feature (a ripple-carry add) over the length band of a batch of
+     sources — 64 targets per machine word — and the bound is applied per target length. Features are taken rarest first and sources whose band is exhausted leave early.
    * *prefix postings* (for sources with rare characters): a candidate must contain at least
      one of any k - a + 1 features of s (a = features of s that no target has), so the union of
-     the band postings of the rarest k - a + 1 features is a superset of the candidates.
+     the band postings of the rarest k - a + 1 features is a superset of the candidates; it is
+     filtered by the bound, read from the absent-bitsets.
 
-   Candidates are verified with ``rapidfuzz.process.cpdist`` (``score_cutoff=k``) in rank
-   order, in a few rank bands, so that a source stops at the first band holding a target within
-   k; a source with none goes to level k + 1. Each source's first level is raised to the bound
-   given by its features absent from every target and by the target lengths that exist.
+   Candidates are verified with ``rapidfuzz.process.cpdist`` (exact distances) in rank order,
+   in a few rank bands, so that a source stops at the first band holding a target within k;
+   a source with none goes to level k + 1. Each candidate is verified once: at a source's first
+   level every target within the bound is a candidate, at later levels only those whose bound
+   is exactly k (the others were verified before), and the smallest (distance, rank) verified
+   so far is remembered, so that a source whose remembered best is at distance k resolves at
+   level k once the rank bands before that rank are searched. Each source's first level is
+   raised to the bound given by its features absent from every target and by the target
+   lengths that exist.
+6. A source whose candidates far outnumber what a SIMD pass over its length band would cost
+   (checking one candidate costs about as much as ten pairs of ``rapidfuzz.process.cdist``) is
+   finished that way instead: exact distances to every target of its length band, then of the
+   next length gaps while they can still hold a closer target; targets in rank order, so the
+   first minimum is the answer.
 """
 
 from __future__ import annotations
@@ -484,6 +494,10 @@ class _LevelSearch:
         self.best_rank = np.full(len(rest), _OPEN, dtype=np.int64)
         self.routed_level = np.zeros(len(rest), dtype=np.int64)
         self.checked = np.zeros(len(rest), dtype=np.int64)  # candidates checked per source
+        # the smallest (distance, rank) among each source's verified candidates, as
+        # distance * size + rank: every candidate is verified once, at the level of its bound
+        self.memo = np.full(len(rest), np.iinfo(np.int64).max, dtype=np.int64)
+        self.first_level = np.zeros(len(rest), dtype=np.int64)
         self.bar: Any = None
         self.lock = threading.Lock()
         self.threads = (os.cpu_count() or 1) if workers < 0 else max(1, workers)
@@ -496,6 +510,7 @@ class _LevelSearch:
         gap = (np.abs(n[:, None] - lengths[None, :]).min(axis=1) if lengths.size
                else n)
         level = np.maximum(np.maximum(self.base, gap), 2)
+        self.first_level[:] = level
         todo = np.arange(len(self.rest), dtype=np.int64)
         while todo.size:
             k = int(level[todo].min())
@@ -557,6 +572,8 @@ class _LevelSearch:
         fid = self.feat[at]
         n = self.n[sources[slot]]
         for t in range(len(_TIERS)):
+            if t:
+                self._resolve_memo(sources, k, int(index.tier_cut[t]))
             live = self.best_rank[sources[slot]] == _OPEN
             slot, fid, n = slot[live], fid[live], n[live]
             if slot.size == 0:
@@ -576,6 +593,7 @@ class _LevelSearch:
                 src = sources[np.repeat(slot[a:b], c)]
                 keep = self._bag_passes(src, position, k)
                 self._verify(src[keep], index.rank_at[position[keep]], k)
+        self._resolve_memo(sources, k, index.size)
 
     def _bag_passes(self, src: np.ndarray, position: np.ndarray, k: int) -> np.ndarray:
         """Whether target ``position`` passes the bag-distance bound of level k for ``src``
@@ -593,14 +611,34 @@ class _LevelSearch:
         at = np.minimum(start[:, None] + slot[None, :], max(self.feat.size - 1, 0))
         fid = np.where(slot[None, :] < have[:, None], self.feat[at], -1)
         rows = index.absent_rows(fid.reshape(-1)).reshape(fid.shape)  # row 0: never absent
-        absent = index.absent
-        word, bit = position >> 6, (position & 63).astype(_U64)
-        missing = np.zeros(src.size, dtype=np.int64)
+        # candidates by decreasing feature count, so that feature slot j reads a prefix
+        order = np.argsort(-have[local], kind="stable")
+        local_sorted = local[order]
+        reach = np.searchsorted(-have[local_sorted], -slot, "left").tolist()  # have > j
+        flat_absent = index.absent.reshape(-1)
+        cell = (position >> 6)[order]
+        bit = (position & 63).astype(_U64)[order]
+        missing_sorted = np.zeros(src.size, dtype=np.int32)
         for j in slot.tolist():
-            missing += ((absent[rows[local, j], word] >> bit) & _U64(1)).astype(np.int64)
+            end = reach[j]
+            words = flat_absent.take(rows[local_sorted[:end], j] * index.words + cell[:end])
+            missing_sorted[:end] += ((words >> bit[:end]) & _U64(1)).astype(np.int32)
+        missing = np.empty(src.size, dtype=np.int64)
+        missing[order] = missing_sorted
         allowed = k - self.base[src] - np.maximum(
             index.lengths[index.rank_at[position]] - self.n[src], 0)
-        return missing <= allowed
+        # a candidate whose bound is below k was verified at an earlier level
+        fresh = self.first_level[src] == k
+        return np.where(fresh, missing <= allowed, missing == allowed)
+
+    def _resolve_memo(self, sources: np.ndarray, k: int, rank_end: int) -> None:
+        """Resolve the open ``sources`` whose best verified candidate is at distance k with a
+        rank below ``rank_end`` (every rank tier before rank_end has been searched at k)."""
+        size = self.index.size
+        memo = self.memo[sources]
+        done = (self.best_rank[sources] == _OPEN) & (memo >= k * size) & (memo < k * size + rank_end)
+        if done.any():
+            self._resolve(sources[done], memo[done] - k * size)
 
     # ------------------------------------------------------------------ verification
 
@@ -609,12 +647,13 @@ class _LevelSearch:
         """Check candidate pairs (none within k - 1, all in one rank tier that no earlier tier
         resolved); a source with a target within k takes the smallest such rank. Each source's
         candidates are checked in rank order, a few at a time, up to its first hit."""
-        live = self.best_rank[src] == _OPEN
+        index = self.index
+        size = index.size
+        # open, and not after the best verified candidate when that one is at distance k
+        live = (self.best_rank[src] == _OPEN) & (k * size + rank < self.memo[src])
         src, rank = src[live], rank[live]
         if src.size == 0:
             return
-        index = self.index
-        size = index.size
         key = np.sort(src * size + rank)
         src, rank = key // size, key % size
         first = _first_of_runs(src)
@@ -645,9 +684,11 @@ class _LevelSearch:
             runs = np.flatnonzero(_first_of_runs(s))  # s is sorted
             self.checked[s[runs]] += np.diff(np.append(runs, s.size))
             d = cpdist(self.rest_obj[s].tolist(), self.target_obj[r].tolist(),
-                       scorer=Levenshtein.distance, score_cutoff=k, dtype=np.int32,
+                       scorer=Levenshtein.distance, dtype=np.int32,
                        workers=((self.workers if workers is None else workers)
                                 if s.size >= _PARALLEL_PAIRS else 1))
+            best = np.minimum.reduceat(d.astype(np.int64) * size + r, runs)
+            np.minimum.at(self.memo, s[runs], best)  # s[runs] are distinct
             hit = np.flatnonzero(d <= k)
             if hit.size:
                 s, r = s[hit], r[hit]  # sorted by (source, rank): the first hit per source
@@ -738,8 +779,9 @@ class _BitsetChunk:
 
     def __init__(self, search: _LevelSearch, rows: np.ndarray, n: int, workers: int) -> None:
         self.search, self.index, self.n, self.workers = search, search.index, n, workers
-        rows = rows[np.argsort(search.base[rows], kind="stable")]
+        rows = rows[np.lexsort((search.first_level[rows], search.base[rows]))]
         self.rows = rows
+        self.fresh = np.zeros(rows.size, dtype=bool)
         feat_start, feat = search.feat_start, search.feat
         have = feat_start[rows + 1] - feat_start[rows]
         slots = int(have.max(initial=0))
@@ -750,37 +792,48 @@ class _BitsetChunk:
         self.absent_row = self.index.absent_rows(fid.reshape(-1)).reshape(rows.size, slots)
         self.bits = (slots + 1).bit_length()  # counts stay below 2**bits - 1
         self.base = search.base[rows]
-        self._runs()
         self.origin = [0] * len(_TIERS)
         self.counted = [(0, 0)] * len(_TIERS)  # counted target words [lo, hi) per tier
         self.planes = [np.zeros((self.bits, rows.size, 0), dtype=_U64) for _ in _TIERS]
 
     def run(self, k: int) -> None:
-        index, n = self.index, self.n
+        index, n, search = self.index, self.n, self.search
+        # rows whose first level this is take every target within the bound, the others only
+        # those whose bound is exactly k (the rest were verified at earlier levels)
+        self.fresh = search.first_level[self.rows] == k
+        self._runs()
         while self.rows.size:
             for t in range(len(_TIERS)):
+                if t:
+                    search._resolve_memo(self.rows, k, int(index.tier_cut[t]))
                 p0, p1 = index.band(t, n, k)
                 p0, p1 = int(p0), int(p1)
-                if p1 <= p0:
-                    continue
-                self._ensure(t, p0 // 64, (p1 + 63) // 64, k)
-                self._extract(t, k)
-                live = self.search.best_rank[self.rows] == _OPEN
+                if p1 > p0:
+                    self._ensure(t, p0 // 64, (p1 + 63) // 64, k)
+                    self._extract(t, k)
+                live = search.best_rank[self.rows] == _OPEN
                 if not live.any():
                     return
                 if live.sum() * 4 <= self.rows.size * 3:  # drop resolved rows
                     self.rows, self.base = self.rows[live], self.base[live]
+                    self.fresh = self.fresh[live]
                     self.absent_row = self.absent_row[live]
                     self.planes = [np.ascontiguousarray(p[:, live]) for p in self.planes]
                     self._runs()
+            search._resolve_memo(self.rows, k, index.size)
+            if self.fresh.any():
+                self.fresh[:] = False
+                self._runs()
             k += 1
 
     def _runs(self) -> None:
-        """Runs of rows with equal base (features of the row that no target has)."""
-        starts = np.flatnonzero(_first_of_runs(self.base))
-        ends = np.append(starts[1:], self.base.size)
-        self.base_runs = list(zip(starts.tolist(), ends.tolist(),
-                                  self.base[starts].tolist(), strict=True))
+        """Runs of rows with equal base (features of the row that no target has) and equal
+        freshness (rows are sorted by base, then by first level: fresh rows last)."""
+        key = self.base * 2 + self.fresh
+        starts = np.flatnonzero(_first_of_runs(key))
+        ends = np.append(starts[1:], key.size)
+        self.base_runs = list(zip(starts.tolist(), ends.tolist(), self.base[starts].tolist(),
+                                  self.fresh[starts].tolist(), strict=True))
 
     def _ensure(self, t: int, w0: int, w1: int, k: int) -> None:
         """Count tier t's target words [w0, w1) (those not counted yet)."""
@@ -827,28 +880,43 @@ class _BitsetChunk:
     def _below(self, t: int, p0: int, p1: int, allowed: int, out: np.ndarray,
                w_out: int) -> None:
         """OR into ``out`` (words from w_out) the bits of positions [p0, p1) of tier t whose
-        row has at most ``allowed - base`` missing features (rows are sorted by base)."""
+        row has at most ``allowed - base`` missing features, exactly that many for rows that
+        are not fresh (rows are sorted by base)."""
         w0, w1 = p0 // 64, (p1 + 63) // 64
         planes = self.planes[t][:, :, w0 - self.origin[t]:w1 - self.origin[t]]
-        top = (1 << self.bits) - 1
-        for r0, r1, base in self.base_runs:
-            bound = min(max(allowed - base + 1, 0), top)  # count < bound
-            if bound == 0:
-                continue
+        top = (1 << self.bits) - 1  # counts stay below top
+        for r0, r1, base, fresh in self.base_runs:
             view = planes[:, r0:r1]
-            less = np.zeros(view.shape[1:], dtype=_U64)
-            equal: np.ndarray | None = None  # None: all ones
-            for b in range(self.bits - 1, -1, -1):
-                x = view[b]
-                if (bound >> b) & 1:
-                    less |= ~x if equal is None else equal & ~x
-                    equal = x.copy() if equal is None else equal & x
-                else:
-                    equal = ~x if equal is None else equal & ~x
-            less[:, 0] &= _ALL << _U64(p0 & 63)  # positions before p0 in the first word
+            if fresh:
+                bound = min(max(allowed - base + 1, 0), top)  # count < bound
+                if bound == 0:
+                    continue
+                mask = np.zeros(view.shape[1:], dtype=_U64)
+                equal: np.ndarray | None = None  # None: all ones
+                for b in range(self.bits - 1, -1, -1):
+                    x = view[b]
+                    if (bound >> b) & 1:
+                        mask |= ~x if equal is None else equal & ~x
+                        equal = x.copy() if equal is None else equal & x
+                    else:
+                        equal = ~x if equal is None else equal & ~x
+            else:
+                value = allowed - base  # count == value
+                if not 0 <= value < top:
+                    continue
+                mask = np.empty(view.shape[1:], dtype=_U64)
+                for b in range(self.bits):
+                    x = view[b]
+                    if b == 0:
+                        np.copyto(mask, x) if value & 1 else np.invert(x, out=mask)
+                    elif (value >> b) & 1:
+                        mask &= x
+                    else:
+                        mask &= ~x
+            mask[:, 0] &= _ALL << _U64(p0 & 63)  # positions before p0 in the first word
             if p1 & 63:
-                less[:, -1] &= ~(_ALL << _U64(p1 & 63))  # positions from p1 in the last word
-            out[r0:r1, w0 - w_out:w1 - w_out] |= less
+                mask[:, -1] &= ~(_ALL << _U64(p1 & 63))  # positions from p1 in the last word
+            out[r0:r1, w0 - w_out:w1 - w_out] |= mask
 
     def _extract(self, t: int, k: int) -> None:
         """Candidates of tier t at level k, verified."""
@@ -869,9 +937,9 @@ class _BitsetChunk:
         if flat.size == 0:
             return
         row, word = np.divmod(flat, result.shape[1])
-        bits = np.unpackbits(result.reshape(-1)[flat].view(np.uint8).reshape(-1, 8), axis=1,
-                             bitorder="little")
-        hit, bit = np.nonzero(bits)
+        # one flat bit array: nonzero on a 1-D array is far faster than on a 2-D one
+        hit, bit = np.divmod(np.flatnonzero(np.unpackbits(
+            result.reshape(-1)[flat].view(np.uint8), bitorder="little")), 64)
         position = (w0 + word[hit]) * 64 + bit
         self.search._verify(self.rows[row[hit]], index.rank_at[position], k, self.workers)
 
