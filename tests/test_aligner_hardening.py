@@ -164,3 +164,70 @@ def test_limit_settings_are_checked() -> None:
         AlignerSettings(workers=4, max_streams=5)
     with pytest.raises(ValueError, match="stream_idle_timeout_s"):
         AlignerSettings(stream_idle_timeout_s=-1)
+
+
+# -- 2. the DTW limit counts tokens, not characters ---------------------------------------------
+
+# Characters from CJK Extension B: 4 UTF-8 bytes each, so 4 tokens each in a byte-level BPE that
+# never saw them: 60 characters are 240 tokens per side, 57,600 DTW cells.
+WIDE = "".join(chr(0x20000 + i) for i in range(60))
+SMALL_DTW_LIMIT = 10_000  # > 60 x 60 (characters), < 240 x 240 (tokens)
+
+
+@pytest.fixture()
+def tiny_engine(tmp_path, tiny_files, monkeypatch):
+    from fedmkt.align import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "MAX_DTW_CELLS", SMALL_DTW_LIMIT)
+    engine = engine_module.AlignmentEngine(tmp_path)
+    a, b = (engine.register(files=f, name=n) for n, f in zip("ab", tiny_files, strict=True))
+    return engine, a, b
+
+
+def _ref(info):
+    from fedmkt.align.engine import TokenizerRefArg
+
+    return TokenizerRefArg(fingerprint=info.fingerprint)
+
+
+def test_dtw_limit_is_counted_in_tokens_for_text(tiny_engine) -> None:
+    from fedmkt.errors import InvalidArgument
+
+    engine, a, b = tiny_engine
+    tok = engine.registry.get(a.fingerprint).tokenizer
+    tokens = len(tok(WIDE, add_special_tokens=False).input_ids)
+    assert len(WIDE) ** 2 <= SMALL_DTW_LIMIT < tokens ** 2
+    with pytest.raises(InvalidArgument, match=r"240 x 240 tokens is too long for DTW.*57,600"):
+        engine.align_text(_ref(a), _ref(b), WIDE)
+    # the offsets method aligns the same text in linear time
+    assert engine.align_text(_ref(a), _ref(b), WIDE, method="offsets").path
+    # and a text within the limit is aligned by DTW
+    assert engine.align_text(_ref(a), _ref(b), WIDE[:20]).path
+
+
+def test_dtw_limit_holds_for_knowledge_and_the_offsets_fallback(tiny_engine) -> None:
+    """Knowledge whose target text differs from the source (so offsets falls back to DTW) is
+    checked as well, and the message names the sample."""
+    import numpy as np
+
+    from fedmkt.align.engine import KnowledgeConfig, TargetTokens
+    from fedmkt.errors import InvalidArgument
+    from fedmkt.wire.chunking import KnowledgeSample, chunk_knowledge
+
+    engine, a, b = tiny_engine
+    src_tok = engine.registry.get(a.fingerprint).tokenizer
+    ids = np.asarray(src_tok(WIDE, add_special_tokens=False).input_ids, dtype=np.int32)
+    rows = len(ids) - 1
+    sample = KnowledgeSample(sample_id="wide-1", token_ids=ids,
+                             topk_ids=((ids[1:, None] + np.arange(4)) % a.vocab_size
+                                       ).astype(np.int32),
+                             topk_logits=np.tile(np.float32([4, 3, 2, 1]), (rows, 1)))
+    header = {"run_id": "r", "round": 0, "source": "s", "tokenizer_fingerprint": a.fingerprint,
+              "top_k": 4}
+    for method, target_text in [("dtw", None), ("offsets", WIDE[::-1])]:
+        config = KnowledgeConfig(source_fingerprint=a.fingerprint,
+                                 target_fingerprint=b.fingerprint, method=method, top_k=4)
+        targets = {} if target_text is None else {"wide-1": TargetTokens(text=target_text)}
+        chunks = chunk_knowledge([sample], header, logit_dtype="float32")
+        with pytest.raises(InvalidArgument, match=r"sample wide-1: 240 x 240 tokens is too long"):
+            list(engine.align_knowledge(config, ((c, targets) for c in chunks)))

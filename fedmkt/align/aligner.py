@@ -104,15 +104,20 @@ class TokenAligner:
     :func:`fedmkt.align.vocab_map.vocab_map_for` (using ``cache``) when not given.
     ``method`` is ``"dtw"`` (the paper's DTW on canonical strings) or ``"offsets"`` (the spans
     of text each token covers; exact, linear; DTW where the two sides spell different texts).
+    ``max_dtw_cells`` bounds every DTW it runs, counted in tokens after tokenizing (source
+    tokens x target tokens, 8 bytes of memory each): a pair over it is refused with
+    ``InvalidArgument`` before any cell is computed; None = no bound.
     """
 
     def __init__(self, source_tokenizer: Any, target_tokenizer: Any,
                  mode: CanonicalMode | str = CanonicalMode.SURFACE, method: str = "dtw",
-                 vocab_map: np.ndarray | None = None, cache: Any | None = None) -> None:
+                 vocab_map: np.ndarray | None = None, cache: Any | None = None,
+                 max_dtw_cells: int | None = None) -> None:
         if method not in METHODS:
             raise InvalidArgument(f"alignment method must be one of {METHODS}, got {method!r}")
         self.mode = CanonicalMode(mode)
         self.method = method
+        self.max_dtw_cells = max_dtw_cells
         source = canonical_vocab(source_tokenizer, self.mode, counterpart=target_tokenizer)
         target = canonical_vocab(target_tokenizer, self.mode)
         source_dtw, target_dtw = source, target
@@ -163,6 +168,20 @@ class TokenAligner:
             spans = _byte_spans(self.source.text_bytes[src], self.target.text_bytes[tgt])
             if spans is not None:
                 return offsets_align(*spans)
+        return self._dtw(src, tgt)
+
+    def _dtw(self, src: np.ndarray, tgt: np.ndarray) -> Path:
+        """DTW between two id sequences, refused when it would pass ``max_dtw_cells``."""
+        cells = len(src) * len(tgt)
+        if self.max_dtw_cells is not None and cells > self.max_dtw_cells:
+            why = ("" if self.method == "dtw" else
+                   " (the offsets method falls back to DTW because the two tokenizations do "
+                   "not spell the same text)")
+            raise InvalidArgument(
+                f"{len(src)} x {len(tgt)} tokens is too long for DTW{why}: {cells:,} cells, the "
+                f"limit is {self.max_dtw_cells:,}; send shorter texts"
+                + (", or use the offsets alignment method" if self.method == "dtw" else "")
+            )
         return dtw_align(self.source.dtw[src].tolist(), self.target.dtw[tgt].tolist())
 
     def align_text(self, text: str) -> TextAlignment:
@@ -187,7 +206,7 @@ class TokenAligner:
         if spans is not None:
             path = offsets_align(*spans)
         else:
-            path = dtw_align(self.source.dtw[src_ids].tolist(), self.target.dtw[tgt_ids].tolist())
+            path = self._dtw(src_ids, tgt_ids)
         return TextAlignment(
             source_ids=src_ids.tolist(), target_ids=tgt_ids.tolist(),
             source_tokens=self.source.canonical[src_ids].tolist(),

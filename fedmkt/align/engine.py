@@ -29,8 +29,10 @@ METHODS = ("dtw", "offsets")
 MAX_TEXT_CHARS = 200_000
 MAX_TOP_K = 1024
 MAX_POSITIONS = 32_768
-# DTW keeps an n x m matrix of 8-byte cells: 4096 x 4096 tokens is ~134 MB. Longer pairs must use
-# the offsets method (linear).
+# DTW keeps an n x m matrix of 8-byte cells: 4096 x 4096 tokens is ~134 MB. Counted in tokens
+# after tokenizing (a character can be several tokens: byte-level and byte-fallback tokenizers
+# spend up to 4 on one), by the aligner itself wherever it runs DTW, offsets' fallback included.
+# Longer pairs must use the offsets method (linear).
 MAX_DTW_CELLS = 4096 * 4096
 
 
@@ -130,7 +132,7 @@ class AlignmentEngine:
                 return found
         vocab = self.vocab_map(source, target, mode).source_to_target
         built = TokenAligner(src.tokenizer, tgt.tokenizer, mode=mode, method=method,
-                             vocab_map=vocab)
+                             vocab_map=vocab, max_dtw_cells=MAX_DTW_CELLS)
         with self._lock:
             self._aligners[key] = built
             while len(self._aligners) > self._max_aligners:
@@ -145,12 +147,10 @@ class AlignmentEngine:
         if len(text) > MAX_TEXT_CHARS:
             raise InvalidArgument(f"text has {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
         aligner = self.aligner(source, target, mode, method)
-        if method == "dtw" and len(text) ** 2 > MAX_DTW_CELLS:
-            # characters bound tokens from above; only long texts pay for the exact count
-            n = len(aligner.source.tokenizer(text, add_special_tokens=False).input_ids)
-            m = len(aligner.target.tokenizer(text, add_special_tokens=False).input_ids)
-            _check_dtw_size(aligner, n, m, "text")
-        return aligner.align_text(text)
+        try:  # the DTW size is checked after tokenizing, in tokens (TokenAligner.max_dtw_cells)
+            return aligner.align_text(text)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"text: {exc}") from None
 
     # -- knowledge ----------------------------------------------------------------------
     def align_knowledge(
@@ -210,9 +210,11 @@ class AlignmentEngine:
                 f"sample {sample.sample_id}: token_ids are required to align knowledge"
             )
         target_ids = _target_ids(sample, target, source_tok, target_tok, target_vocab)
-        _check_dtw_size(aligner, len(sample.token_ids), len(target_ids), sample.sample_id)
-        proj = aligner.project(sample.token_ids, target_ids, sample.topk_ids, sample.topk_logits,
-                               sample.position_start, k_out)
+        try:  # DTW size checked in tokens where DTW runs (offsets' fallback included)
+            proj = aligner.project(sample.token_ids, target_ids, sample.topk_ids,
+                                   sample.topk_logits, sample.position_start, k_out)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"sample {sample.sample_id}: {exc}") from None
         return KnowledgeSample(
             sample_id=sample.sample_id,
             token_ids=np.asarray(target_ids, dtype=np.int32),
@@ -222,14 +224,6 @@ class AlignmentEngine:
             loss=sample.loss,
             stats=SampleStats(positions=proj.positions, aligned=proj.aligned,
                               fallback=proj.fallback),
-        )
-
-
-def _check_dtw_size(aligner: TokenAligner, n: int, m: int, what: str) -> None:
-    if aligner.method == "dtw" and n * m > MAX_DTW_CELLS:
-        raise InvalidArgument(
-            f"{what}: {n} x {m} tokens is too long for DTW (limit {MAX_DTW_CELLS:,} cells); "
-            "use the offsets alignment method for long texts"
         )
 
 
