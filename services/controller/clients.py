@@ -42,6 +42,7 @@ from fedmkt.wire.v1 import (
     participant_pb2_grpc,
     tokenizer_pb2,
 )
+from services.common import KEEPALIVE_TIME_MS
 
 MAX_MESSAGE_BYTES = 64 << 20
 ADAPTER_CHUNK_BYTES = 1 << 20
@@ -58,7 +59,7 @@ ROLE_NAMES = {participant_pb2.ROLE_SERVER: "server", participant_pb2.ROLE_CLIENT
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),  # servers accept this (services.common)
     ("grpc.keepalive_permit_without_calls", 0),
 ]
 
