@@ -231,3 +231,98 @@ def test_dtw_limit_holds_for_knowledge_and_the_offsets_fallback(tiny_engine) -> 
         chunks = chunk_knowledge([sample], header, logit_dtype="float32")
         with pytest.raises(InvalidArgument, match=r"sample wide-1: 240 x 240 tokens is too long"):
             list(engine.align_knowledge(config, ((c, targets) for c in chunks)))
+
+
+# -- HTTP ---------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def http_aligner(tmp_path_factory):
+    """An aligner with HTTP on and a 1 MiB message limit (HTTP body limit 4/3 MiB)."""
+    process = AlignerProcess(AlignerSettings(
+        grpc_port=0, http_port=0, state_dir=tmp_path_factory.mktemp("aligner-http"),
+        max_message_mb=1))
+    process.start()
+    import socket
+
+    def up() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", process.http_port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    assert _wait_for(up)
+    yield process
+    process.stop(grace=0.2)
+
+
+@pytest.fixture(scope="module")
+def http(http_aligner):
+    import httpx
+
+    with httpx.Client(base_url=f"http://127.0.0.1:{http_aligner.http_port}", timeout=30) as c:
+        yield c
+
+
+def _raw_request(port: int, head: bytes, body_chunks, read_timeout: float = 5.0) -> bytes:
+    """Send ``head`` and then ``body_chunks`` from a thread (the server may stop reading), and
+    return what the server answers within ``read_timeout`` seconds."""
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.settimeout(read_timeout)
+
+    def sender():
+        try:
+            sock.sendall(head)
+            for chunk in body_chunks:
+                sock.sendall(chunk)
+        except OSError:
+            pass
+
+    threading.Thread(target=sender, daemon=True).start()
+    answer = b""
+    try:
+        while b"\r\n\r\n" not in answer or not _complete(answer):
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    except TimeoutError:
+        pass
+    finally:
+        sock.close()
+    return answer
+
+
+def _complete(answer: bytes) -> bool:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return len(body) >= int(line.split(b":")[1])
+    return False
+
+
+def test_chunked_body_over_the_limit_is_refused_while_it_is_read(http_aligner) -> None:
+    """No Content-Length: the 413 comes once the limit is passed, without waiting for (or
+    reading) the rest of a body that never ends."""
+    import json
+
+    limit = (http_aligner.settings.max_message_mb << 20) * 4 // 3
+    piece = b"x" * (64 << 10)
+    sent_chunks = (limit // len(piece)) + 4  # a little over the limit, then silence
+
+    def chunks():
+        for _ in range(sent_chunks):
+            yield b"%x\r\n%s\r\n" % (len(piece), piece)
+        time.sleep(30)  # the body never ends
+
+    head = (b"POST /v1/tokenizers HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n")
+    started = time.monotonic()
+    answer = _raw_request(http_aligner.http_port, head, chunks())
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert time.monotonic() - started < 5
+    body = json.loads(answer.partition(b"\r\n\r\n")[2])
+    assert body["error"]["code"] == "RESOURCE_EXHAUSTED"
+    assert "max_message_mb" in body["error"]["message"]

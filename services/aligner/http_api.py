@@ -12,7 +12,7 @@ import binascii
 from typing import Literal
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
@@ -112,16 +112,13 @@ def create_app(engine: AlignmentEngine, max_body_bytes: int = DEFAULT_MAX_BODY) 
                   description="MinED vocabulary maps, sequence alignment and top-k projection "
                               "between Hugging Face tokenizers.")
 
-    @app.middleware("http")
-    async def limit_and_count(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
-            response = _error("RESOURCE_EXHAUSTED",
-                              f"request body is {length} bytes; the limit is {max_body_bytes}")
-        else:
-            response = await call_next(request)
-        HTTP_REQUESTS.labels(request.url.path, str(response.status_code)).inc()
-        return response
+    # Pure ASGI (no BaseHTTPMiddleware: it would wrap the body-limit error in an exception
+    # group that FastAPI then reports as a parse error).
+    app.add_middleware(Guard, max_bytes=max_body_bytes)
+
+    @app.exception_handler(BodyTooLarge)
+    async def on_too_large(request: Request, exc: BodyTooLarge):
+        return _error("RESOURCE_EXHAUSTED", exc.detail)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError):
@@ -236,6 +233,62 @@ def create_app(engine: AlignmentEngine, max_body_bytes: int = DEFAULT_MAX_BODY) 
         return {"target_fingerprint": body.target_fingerprint, "samples": out}
 
     return app
+
+
+class BodyTooLarge(HTTPException):
+    """The request body passed the limit while it was read (an HTTPException, so that FastAPI's
+    body parsing lets it through instead of calling it a parse error)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"request body is over the limit of {max_bytes} bytes "
+                              "(the aligner's max_message_mb setting, base64 included)")
+
+
+class Guard:
+    """ASGI middleware in front of every request: refuses a body whose Content-Length is over
+    ``max_bytes`` before reading it, raises :class:`BodyTooLarge` as soon as the body read so
+    far passes ``max_bytes`` (chunked bodies have no Content-Length; nothing more is read), and
+    counts each request in ``fedmkt_http_requests_total``."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = 500  # unless a response starts: an error the server itself answers
+
+        async def counted(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        try:
+            length = dict(scope["headers"]).get(b"content-length")
+            if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+                shown = length.decode("latin-1")[:32]
+                response = _error("RESOURCE_EXHAUSTED",
+                                  f"request body is {shown} bytes; the limit is "
+                                  f"{self.max_bytes} (the aligner's max_message_mb setting, "
+                                  "base64 included)")
+                await response(scope, receive, counted)
+                return
+            await self.app(scope, limited, counted)
+        finally:
+            HTTP_REQUESTS.labels(scope["path"], str(status)).inc()
 
 
 def _int32(values, what: str) -> np.ndarray:

@@ -63,6 +63,7 @@ class AlignerProcess:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.settings.host, self.settings.http_port))
+        sock.listen(2048)  # connections wait in the backlog until uvicorn runs: no refusal
         self.http_port = sock.getsockname()[1]
         # JSON carries files as base64 (4/3 the bytes): the same limit as gRPC plus that inflation.
         max_body = (self.settings.max_message_mb << 20) * 4 // 3
