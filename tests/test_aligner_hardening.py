@@ -346,3 +346,31 @@ def test_http_connections_have_tcp_nodelay_and_answer_fast(http_aligner, http) -
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), "Nagle is on"
     # Nagle + delayed ACK cost ~40 ms a request; without them a health check takes ~1 ms
     assert statistics.median(timings[1:]) < 0.02, timings
+
+
+# -- 5. /metrics stays bounded ------------------------------------------------------------------
+
+def _http_series(http) -> set[tuple[str, str]]:
+    import re
+
+    text = http.get("/metrics").text
+    return set(re.findall(r'^fedmkt_http_requests_total\{path="([^"]*)",status="(\d+)"\}',
+                          text, flags=re.M))
+
+
+def test_metrics_are_labelled_by_route_template(http_aligner, http) -> None:
+    import secrets
+
+    for _ in range(30):
+        http.get(f"/no/such/{secrets.token_hex(8)}")
+        http.get(f"/v1/tokenizers/{secrets.token_hex(32)}")
+        http.delete(f"/v1/tokenizers/{secrets.token_hex(32)}")  # 405: the path matches a route
+    series = _http_series(http)
+    paths = {p for p, _ in series}
+    templates = {r.path for r in http_aligner.http_server.config.app.routes}
+    assert paths <= templates | {"unmatched"}, paths - templates
+    assert {"unmatched", "/v1/tokenizers/{fingerprint}"} <= paths
+    before = len(_http_series(http))  # now with /metrics itself
+    for _ in range(30):
+        http.get(f"/v1/{secrets.token_hex(8)}")
+    assert len(_http_series(http)) == before  # more unknown paths add no series

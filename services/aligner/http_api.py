@@ -33,7 +33,10 @@ from fedmkt.wire.chunking import KnowledgeSample, chunk_knowledge
 from fedmkt.wire.errors import WireError
 from fedmkt.wire.validate import decode_sample
 
-HTTP_REQUESTS = Counter("fedmkt_http_requests_total", "HTTP requests", ["path", "status"])
+HTTP_REQUESTS = Counter("fedmkt_http_requests_total",
+                        "HTTP requests by route template (unmatched: no route) and status",
+                        ["path", "status"])
+UNMATCHED = "unmatched"
 DEFAULT_MAX_BODY = 160 << 20
 
 
@@ -114,7 +117,7 @@ def create_app(engine: AlignmentEngine, max_body_bytes: int = DEFAULT_MAX_BODY) 
 
     # Pure ASGI (no BaseHTTPMiddleware: it would wrap the body-limit error in an exception
     # group that FastAPI then reports as a parse error).
-    app.add_middleware(Guard, max_bytes=max_body_bytes)
+    app.add_middleware(Guard, max_bytes=max_body_bytes, routes=app.router.routes)
 
     @app.exception_handler(BodyTooLarge)
     async def on_too_large(request: Request, exc: BodyTooLarge):
@@ -248,11 +251,23 @@ class Guard:
     """ASGI middleware in front of every request: refuses a body whose Content-Length is over
     ``max_bytes`` before reading it, raises :class:`BodyTooLarge` as soon as the body read so
     far passes ``max_bytes`` (chunked bodies have no Content-Length; nothing more is read), and
-    counts each request in ``fedmkt_http_requests_total``."""
+    counts each request in ``fedmkt_http_requests_total`` under its route template
+    (``/v1/tokenizers/{fingerprint}``), every path no route matches under one label,
+    ``unmatched``: the number of series stays bounded whatever paths clients send."""
 
-    def __init__(self, app, max_bytes: int) -> None:
+    def __init__(self, app, max_bytes: int, routes: list) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.routes = routes  # the app's route list (routes added later are seen too)
+
+    def route_label(self, scope) -> str:
+        from starlette.routing import Match
+
+        for route in self.routes:
+            match, _ = route.matches(scope)
+            if match is not Match.NONE:  # FULL, or PARTIAL: the path matches, the method not
+                return getattr(route, "path", UNMATCHED)
+        return UNMATCHED
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -276,6 +291,7 @@ class Guard:
                     raise BodyTooLarge(self.max_bytes)
             return message
 
+        label = self.route_label(scope)
         try:
             length = dict(scope["headers"]).get(b"content-length")
             if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
@@ -288,7 +304,7 @@ class Guard:
                 return
             await self.app(scope, limited, counted)
         finally:
-            HTTP_REQUESTS.labels(scope["path"], str(status)).inc()
+            HTTP_REQUESTS.labels(label, str(status)).inc()
 
 
 def _int32(values, what: str) -> np.ndarray:
