@@ -187,6 +187,9 @@ class FederationConfig(_Strict):
     # False = a baseline run: no knowledge transfer (clients train on private data only, the
     # server distils with no teacher = CE on public data only)
     transfer: bool = True
+    # Baseline runs only: after their local training the clients also fine-tune on the public
+    # data with CE (the ablation run: the public data FedMKT distils on, without the knowledge)
+    client_public_ce: bool = False
     zero_shot: bool = True  # evaluate every participant before round 1 (round 0)
     task: TaskConfig
     participants: list[ParticipantSpec] = Field(min_length=2)
@@ -228,6 +231,9 @@ class FederationConfig(_Strict):
                     "scenario: homogeneous needs every client on the same model and tokenizer, "
                     f"found {sorted(str(m) for m in models)}"
                 )
+        if self.client_public_ce and self.transfer:
+            raise ValueError("client_public_ce: only a baseline run (transfer: false) replaces "
+                             "the clients' distillation by CE on the public data")
         if self.fedavg and self.scenario != Scenario.HOMOGENEOUS:
             raise ValueError("fedavg: only the homogeneous scenario can average LoRA weights")
         if self.task.parts is not None and self.task.parts < len(clients) + 1:

@@ -5,7 +5,9 @@ controller (``fedmkt serve controller``) and one participant process per entry o
 (``fedmkt serve server|client --config <generated participant config>``), waits for each
 ``READY`` line and ``grpc.health.v1`` SERVING, starts the run through the ControllerService,
 renders its events live, fetches the adapters, then runs the **baseline** (knowledge transfer
-off) on fresh participant processes with their own state directories, and writes
+off) on fresh participant processes with their own state directories, and on those processes the
+**ablation** (the baseline with the clients also trained on the public data by CE: the data
+FedMKT distils on, without the knowledge), and writes
 ``runs/<run>/``: ``report.md``, ``metrics.json``, ``metrics.png``, ``adapters/``, ``logs/``,
 ``events.jsonl`` and the state of every service. The code paths are those of a docker-compose
 or Kubernetes deployment; only the process manager differs.
@@ -266,7 +268,7 @@ class EmbeddedRun:
                      rounds=self.config.rounds, started_at=time.time(), pid=os.getpid(),
                      resumed=resumed)
         started = time.perf_counter()
-        fedmkt = baseline = None
+        fedmkt = baseline = ablation = None
         adapters: dict[str, dict[str, Any]] = {}
         startup = 0.0
         try:
@@ -286,6 +288,10 @@ class EmbeddedRun:
                     startup += time.perf_counter() - t1
                     baseline = self._execute(base_dep, self.baseline_config(),
                                              f"{self.run_id}-baseline", "baseline")
+                    if baseline.state == "succeeded":
+                        # the ablation on the same processes (another run id: its own state)
+                        ablation = self._execute(base_dep, self.ablation_config(),
+                                                 f"{self.run_id}-ablation", "ablation")
                     self.services.stop(base_dep.processes, self.stop_grace)
         except KeyboardInterrupt:
             self._status(state="interrupted", finished_at=time.time())
@@ -299,17 +305,26 @@ class EmbeddedRun:
             self.config,
             fedmkt or RunOutcome(self.run_id, "failed", "did not start"),
             baseline, startup_seconds=startup,
-            total_seconds=time.perf_counter() - started, adapters=adapters)
+            total_seconds=time.perf_counter() - started, adapters=adapters, ablation=ablation)
         paths = write_report(self.run_dir, summary)
         self._status(state=fedmkt.state if fedmkt else "failed",
                      baseline_state=baseline.state if baseline else None,
+                     ablation_state=ablation.state if ablation else None,
                      finished_at=time.time(), report=str(paths["report"]))
         return summary
 
     def baseline_config(self) -> FederationConfig:
+        """No knowledge transfer: clients on their private data only, the LLM on the public
+        data only (CE)."""
         return self.config.model_copy(update={
             "name": f"{self.config.name}-baseline"[:63], "transfer": False, "zero_shot": False,
             "fedavg": False})
+
+    def ablation_config(self) -> FederationConfig:
+        """The baseline plus the clients' CE on the public data: FedMKT's data without its
+        knowledge (the LLM's part is its baseline's, reused from the memo)."""
+        return self.baseline_config().model_copy(update={
+            "name": f"{self.config.name}-ablation"[:63], "client_public_ce": True})
 
     # -- services -----------------------------------------------------------------------
     def _fedmkt(self, *args: str) -> list[str]:

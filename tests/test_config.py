@@ -187,6 +187,17 @@ def test_baseline_plan_has_no_transfer() -> None:
                                ("evaluate", "llm"), ("evaluate", "c1"), ("evaluate", "c2")]
 
 
+def test_ablation_plan_gives_clients_public_ce_and_only_baselines_have_it() -> None:
+    data = {**base(), "transfer": False, "zero_shot": False, "client_public_ce": True}
+    plan = build_plan(parse_federation_config(yaml.safe_dump(data)))
+    assert {s.name for s in plan.steps} == {"train_local", "distill", "evaluate"}
+    assert _steps(plan, 1) == [("train_local", "c1"), ("train_local", "c2"), ("distill", "llm"),
+                               ("distill", "c1"), ("distill", "c2"),
+                               ("evaluate", "llm"), ("evaluate", "c1"), ("evaluate", "c2")]
+    with pytest.raises(FederationConfigError, match="client_public_ce"):
+        parse_federation_config(yaml.safe_dump({**base(), "client_public_ce": True}))
+
+
 def test_llm_to_slm_never_trains_the_llm_and_homogeneous_averages() -> None:
     data = base()
     data["scenario"] = "llm_to_slm"

@@ -231,9 +231,11 @@ def test_report_compares_measured_numbers_and_says_when_fedmkt_did_not_help(
                              {"name": "c1", "role": "client", "model": "s"}]}
     config = parse_federation_config(yaml.safe_dump(data))
     baseline_config = config.model_copy(update={"transfer": False, "zero_shot": False})
+    ablation_config = baseline_config.model_copy(update={"client_public_ce": True})
     store = RunStore(tmp_path / "c.db")
     outcomes = []
-    for run_id, cfg in (("fed", config), ("fed-baseline", baseline_config)):
+    for run_id, cfg in (("fed", config), ("fed-baseline", baseline_config),
+                        ("fed-ablation", ablation_config)):
         fakes = fake_federation(cfg)
         manager = RunManager(store, lambda c, f=fakes: f.connections())
         manager.start(cfg.to_yaml(), run_id)
@@ -241,7 +243,7 @@ def test_report_compares_measured_numbers_and_says_when_fedmkt_did_not_help(
         outcomes.append(RunOutcome(run_id, record.state, record.error,
                                    store.events(run_id, limit=100_000), 1.0))
     summary = summarize(config, outcomes[0], outcomes[1], startup_seconds=2.0,
-                        total_seconds=5.0)
+                        total_seconds=5.0, ablation=outcomes[2])
     paths = write_report(tmp_path / "out", summary)
 
     # Fake accuracy = 0.5 + 0.05 per training step: the client trains and distils in FedMKT
@@ -260,6 +262,9 @@ def test_report_compares_measured_numbers_and_says_when_fedmkt_did_not_help(
     assert rows["c1"]["vs_baseline"]["n"] == 20
     assert rows["c1"]["vs_zero_shot"]["verdict"] == "helped"
     assert rows["c1"]["vs_zero_shot"]["low"] > 0
+    # the ablation: c1 trains and fine-tunes on the public data (4 steps, as in FedMKT)
+    assert rows["c1"]["ablation"] == pytest.approx(0.7) and rows["llm"]["ablation"] is None
+    assert rows["c1"]["vs_ablation"]["mean"] == 0.0 and "vs_ablation" not in rows["llm"]
     assert rows["llm"]["fedmkt"] == pytest.approx(rows["llm"]["baseline"])
     assert rows["llm"]["vs_baseline"]["verdict"] == "no measurable difference"
     assert rows["llm"]["vs_baseline"]["low"] == rows["llm"]["vs_baseline"]["high"] == 0.0
@@ -268,9 +273,12 @@ def test_report_compares_measured_numbers_and_says_when_fedmkt_did_not_help(
     assert report.index("## Verdict") < report.index("## Results on the held-out split")
     assert ("- **c1** (client, s): FedMKT accuracy 0.700; vs standalone (private only) 0.600: "
             "no measurable difference, +0.100 [+0.000, +0.250] (95 % paired bootstrap, "
-            "n = 20); vs zero-shot 0.500: **helped**, +0.200 [") in report
-    assert ("| c1 | client | s | 0.500 | 0.600 (standalone (private only)) | 0.700 | "
+            "n = 20); vs private + public CE without KD 0.700: no measurable difference, "
+            "+0.000 [+0.000, +0.000] (95 % paired bootstrap, n = 20); vs zero-shot 0.500: "
+            "**helped**, +0.200 [") in report
+    assert ("| c1 | client | s | 0.500 | 0.600 (standalone (private only)) | 0.700 | 0.700 | "
             "no measurable difference: +0.100 [+0.000, +0.250] | 20 |") in report
+    assert "| llm | server | m | 0.500 | 0.600 (public-only fine-tuning) | = baseline |" in report
     assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
     saved = json_load(paths["metrics"])
     assert saved["evaluation"]["c1"]["2"]["accuracy"] == pytest.approx(0.7)

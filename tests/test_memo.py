@@ -77,3 +77,21 @@ def test_an_identical_step_of_another_run_is_reused(task: Path, tmp_path: Path) 
     other_seed = client("seed", seed=4)
     assert "reused" not in other_seed.train_local("run-b", 1)
     assert "reused" not in baseline.train_local("run-a-baseline", 2)  # starts elsewhere
+
+
+def test_public_ce_of_an_identical_start_is_reused(task: Path, tmp_path: Path) -> None:
+    """The ablation run's LLM fine-tunes on the public data exactly as the baseline's did."""
+    memo = tmp_path / "shared-memo"
+
+    def server(folder: str) -> Participant:
+        return Participant(make_config(task, tmp_path / folder, name="llm", role="server",
+                                       model="tiny-gpt2", memo_dir=str(memo)))
+
+    baseline = server("baseline")
+    first = baseline.distill("run-b", 1, strategy="none")
+    assert "reused" not in first and first["work/backward_tokens"] > 0
+    ablation = server("ablation")
+    again = ablation.distill("run-b-ablation", 1, strategy="none")
+    assert again["reused"] == 1.0 and again["loss"] == first["loss"]
+    assert ablation.fetch_adapter(1).data == baseline.fetch_adapter(1, "run-b").data
+    assert "reused" not in ablation.distill("run-b-ablation", 2, strategy="none")  # new start

@@ -118,8 +118,8 @@ def _final(rounds: dict[int, dict[str, float]], metric: str, *, first: bool = Fa
     return chosen, rounds[chosen][metric]
 
 
-def comparison(config: FederationConfig, fedmkt: dict, baseline: dict, metric: str
-               ) -> list[dict[str, Any]]:
+def comparison(config: FederationConfig, fedmkt: dict, baseline: dict, metric: str,
+               ablation: dict | None = None) -> list[dict[str, Any]]:
     rows = []
     for spec in config.participants:
         untrained = spec.role == "server" and config.scenario == Scenario.LLM_TO_SLM
@@ -134,6 +134,10 @@ def comparison(config: FederationConfig, fedmkt: dict, baseline: dict, metric: s
                 "public-only fine-tuning" if spec.role == "server"
                 else "standalone (private only)"),
             "baseline": None if base is None else base[1],
+            # clients only: the LLM's ablation is its baseline (public-only CE)
+            "ablation": None if spec.role == "server" or not ablation or _final(
+                ablation.get(spec.name, {}), metric) is None
+            else _final(ablation[spec.name], metric)[1],
             "fedmkt": None if fed is None else fed[1],
             "fedmkt_round": None if fed is None else fed[0],
         }
@@ -144,9 +148,11 @@ def comparison(config: FederationConfig, fedmkt: dict, baseline: dict, metric: s
 
 def summarize(config: FederationConfig, fedmkt: RunOutcome, baseline: RunOutcome | None, *,
               startup_seconds: float = 0.0, total_seconds: float = 0.0,
-              adapters: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+              adapters: dict[str, dict[str, Any]] | None = None,
+              ablation: RunOutcome | None = None) -> dict[str, Any]:
     evals = evaluations(fedmkt.events)
     base_evals = evaluations(baseline.events) if baseline is not None else {}
+    ablation_evals = evaluations(ablation.events) if ablation is not None else {}
     metric = primary_metric({**evals, **base_evals})
     rounds = round_timings(fedmkt.events)
     setup = [e.metrics for e in fedmkt.events if e.kind == ev.METRICS and e.step == "setup"]
@@ -158,9 +164,10 @@ def summarize(config: FederationConfig, fedmkt: RunOutcome, baseline: RunOutcome
     round_wall = sum(r.get("wall_seconds", 0.0) for r in trained)
     round_compute = sum(r.get("compute_seconds", 0.0) for r in trained)
     pipes = [s for s in steps if "aligned_share" in s]
-    rows = comparison(config, evals, base_evals, metric)
+    rows = comparison(config, evals, base_evals, metric, ablation_evals)
     verdicts(rows, sample_outcomes(fedmkt.events),
-             sample_outcomes(baseline.events) if baseline is not None else {}, metric)
+             sample_outcomes(baseline.events) if baseline is not None else {}, metric,
+             sample_outcomes(ablation.events) if ablation is not None else None)
     return {
         "run_id": fedmkt.run_id,
         "name": config.name,
@@ -172,11 +179,15 @@ def summarize(config: FederationConfig, fedmkt: RunOutcome, baseline: RunOutcome
         "baseline_run_id": baseline.run_id if baseline else None,
         "baseline_state": baseline.state if baseline else None,
         "baseline_error": baseline.error if baseline else None,
+        "ablation_run_id": ablation.run_id if ablation else None,
+        "ablation_state": ablation.state if ablation else None,
+        "ablation_error": ablation.error if ablation else None,
         "metric": metric,
         "participants": {p.name: {"role": p.role, "model": p.model}
                          for p in config.participants},
         "evaluation": _json_rounds(evals),
         "baseline_evaluation": _json_rounds(base_evals),
+        "ablation_evaluation": _json_rounds(ablation_evals),
         "comparison": rows,
         "rounds_timing": rounds,
         "steps": steps,
@@ -189,6 +200,7 @@ def summarize(config: FederationConfig, fedmkt: RunOutcome, baseline: RunOutcome
             "setup_seconds": sum(m.get("setup_seconds", 0.0) for m in setup),
             "fedmkt_wall_seconds": fedmkt.wall_seconds,
             "baseline_wall_seconds": baseline.wall_seconds if baseline else None,
+            "ablation_wall_seconds": ablation.wall_seconds if ablation else None,
             "total_seconds": total_seconds,
         },
         "alignment": {
@@ -250,7 +262,11 @@ def render_markdown(summary: dict[str, Any], plot_file: str | None = None) -> st
               f"Run state: **{summary['state']}**"
               + (f"; baseline run `{summary['baseline_run_id']}`: "
                  f"**{summary['baseline_state']}**" if summary["baseline_run_id"] else "") + "."]
-    for key, what in (("error", "FedMKT run"), ("baseline_error", "baseline run")):
+    if summary.get("ablation_run_id"):
+        lines[-1] = lines[-1][:-1] + (f"; ablation run `{summary['ablation_run_id']}`: "
+                                      f"**{summary['ablation_state']}**.")
+    for key, what in (("error", "FedMKT run"), ("baseline_error", "baseline run"),
+                      ("ablation_error", "ablation run")):
         if summary.get(key):
             lines += ["", f"> The {what} failed: {summary[key]}"]
     lines += ["", f"## Verdict ({metric} on the held-out split)", ""]
@@ -262,10 +278,12 @@ def render_markdown(summary: dict[str, Any], plot_file: str | None = None) -> st
     lines += ["Every number below was measured in this run (zero-shot: evaluation before round "
               "1; baselines: a separate run of the same federation with knowledge transfer "
               "switched off, on fresh participant processes).", ""]
-    lines += ["| participant | role | model | zero-shot | baseline | FedMKT | vs baseline | n |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["| participant | role | model | zero-shot | baseline | private + public CE, no KD "
+              "| FedMKT | vs baseline | n |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for row in summary["comparison"]:
         base = f"{_fmt(row['baseline'])} ({row['baseline_kind']})"
+        ablation = "= baseline" if row["role"] == "server" else _fmt(row.get("ablation"))
         result = row.get("vs_baseline") or {"verdict": None, "reason": "not compared"}
         if result["verdict"] is None:
             against, n = f"no verdict ({result['reason']})", "—"
@@ -274,8 +292,8 @@ def render_markdown(summary: dict[str, Any], plot_file: str | None = None) -> st
                        f"[{result['low']:+.3f}, {result['high']:+.3f}]")
             n = str(result["n"])
         lines.append(f"| {row['participant']} | {row['role']} | {row['model']} | "
-                     f"{_fmt(row['zero_shot'])} | {base} | {_fmt(row['fedmkt'])} | {against} | "
-                     f"{n} |")
+                     f"{_fmt(row['zero_shot'])} | {base} | {ablation} | {_fmt(row['fedmkt'])} | "
+                     f"{against} | {n} |")
     if plot_file:
         lines += ["", f"![{metric} per round]({plot_file})"]
     lines += _evaluation_table(summary)

@@ -2,8 +2,9 @@
 
 For every participant the report compares its FedMKT result (its last evaluation in the FedMKT
 run) with each baseline on the same held-out samples: the baseline run's last evaluation
-(public-only fine-tuning for the LLM, standalone private-only training for an SLM) and the
-zero-shot evaluation (round 0). Each comparison is the paired bootstrap of
+(public-only fine-tuning for the LLM, standalone private-only training for an SLM), for an SLM
+the ablation run's (private + public CE without KD: does FedMKT beat the extra data, or only
+the lack of it?) and the zero-shot evaluation (round 0). Each comparison is the paired bootstrap of
 ``fedmkt.federation.stats``; the verdict ("helped", "no measurable difference", "hurt") comes from
 its 95 % interval, never from the point estimate. A comparison without per-sample outcomes on
 both sides gives no verdict, and says so.
@@ -50,20 +51,26 @@ def compare(mine: SampleOutcomes | None, other: SampleOutcomes | None, metric: s
             "other": float(b.mean()), "missing": max(len(mine), len(other)) - diff.n}
 
 
+def _last(rounds: dict[int, SampleOutcomes]) -> SampleOutcomes | None:
+    return rounds[max(rounds)] if rounds else None
+
+
 def verdicts(rows: list[dict[str, Any]], fedmkt: dict[str, dict[int, SampleOutcomes]],
-             baseline: dict[str, dict[int, SampleOutcomes]], metric: str) -> None:
-    """Add ``vs_baseline`` and ``vs_zero_shot`` to each comparison row (in place)."""
+             baseline: dict[str, dict[int, SampleOutcomes]], metric: str,
+             ablation: dict[str, dict[int, SampleOutcomes]] | None = None) -> None:
+    """Add ``vs_baseline``, ``vs_zero_shot`` and, for clients of a run with an ablation,
+    ``vs_ablation`` (private + public CE without KD) to each comparison row (in place)."""
     for row in rows:
         name = row["participant"]
         mine = fedmkt.get(name, {})
         final = mine.get(row["fedmkt_round"]) if row.get("fedmkt_round") is not None else None
-        base_rounds = baseline.get(name, {})
-        base = base_rounds[max(base_rounds)] if base_rounds else None
         if row.get("note"):  # not trained in this scenario: nothing to compare
             row["vs_baseline"] = row["vs_zero_shot"] = {"verdict": None, "reason": row["note"]}
             continue
-        row["vs_baseline"] = compare(final, base, metric)
+        row["vs_baseline"] = compare(final, _last(baseline.get(name, {})), metric)
         row["vs_zero_shot"] = compare(final, mine.get(0), metric)
+        if ablation is not None and row["role"] == "client":
+            row["vs_ablation"] = compare(final, _last(ablation.get(name, {})), metric)
 
 
 def _interval(result: dict[str, Any]) -> str:
@@ -82,7 +89,11 @@ def verdict_lines(summary: dict[str, Any]) -> list[str]:
             lines.append(f"{head}: no verdict ({row['note']}).")
             continue
         parts = []
-        for key, what in (("vs_baseline", row["baseline_kind"]), ("vs_zero_shot", "zero-shot")):
+        against = [("vs_baseline", row["baseline_kind"])]
+        if "vs_ablation" in row:
+            against.append(("vs_ablation", "private + public CE without KD"))
+        against.append(("vs_zero_shot", "zero-shot"))
+        for key, what in against:
             result = row.get(key) or {"verdict": None, "reason": "not compared"}
             if result["verdict"] is None:
                 parts.append(f"vs {what}: no verdict ({result['reason']})")

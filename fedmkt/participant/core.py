@@ -423,6 +423,14 @@ class Participant:
                     "ReceiveKnowledge first")
             start = folders.distill_start(round_index)
             self._restore(start)
+            if strategy == "none":  # no knowledge read: a function of adapter, data, settings
+                key = self._memo_key("distill_none", self.public,
+                                     options=asdict(self._options(epochs, round_index,
+                                                                  PHASE_DISTILL)))
+                reused = self._reuse(key, trains=True)
+                if reused is not None:
+                    self._save(folders, round_index, after_train=False)
+                    return reused
             with contextlib.ExitStack() as opened:
                 teachers = [opened.enter_context(self._open(folders, round_index, name))
                             for name in names]
@@ -437,6 +445,10 @@ class Participant:
         metrics.update(epochs=float(epochs), steps=float(result.optimizer_steps))
         if strategy != "none":
             metrics["student_nll"] = float(losses.mean())
+        else:
+            self.memo.put(key, {k: v for k, v in metrics.items() if not k.startswith(
+                ("work/", "floor/"))}, adapters.state_dict_to_bytes(
+                    adapters.adapter_state_dict(self.model)))
         return metrics
 
     def _distill(self, folders: RunFolders, run_id: str, round_index: int,
