@@ -374,3 +374,101 @@ def test_metrics_are_labelled_by_route_template(http_aligner, http) -> None:
     for _ in range(30):
         http.get(f"/v1/{secrets.token_hex(8)}")
     assert len(_http_series(http)) == before  # more unknown paths add no series
+
+
+# -- 6. what the aligner emits, it accepts --------------------------------------------------------
+
+def _knowledge_sample(tokenizer, text: str, sample_id: str, k: int = 4, top: float = 4.0):
+    import numpy as np
+
+    from fedmkt.wire.chunking import KnowledgeSample
+
+    ids = np.asarray(tokenizer(text, add_special_tokens=False).input_ids, dtype=np.int32)
+    rows = len(ids) - 1
+    vocab = len(tokenizer)
+    topk = ((ids[1:, None] + np.arange(k)) % vocab).astype(np.int32)
+    logits = np.tile(np.linspace(top, 0, k, dtype=np.float32), (rows, 1))
+    return KnowledgeSample(sample_id=sample_id, token_ids=ids, topk_ids=topk, topk_logits=logits)
+
+
+def test_logits_beyond_the_output_dtype_are_refused_not_emitted_as_inf(tiny_engine) -> None:
+    from fedmkt.align.engine import KnowledgeConfig
+    from fedmkt.errors import InvalidArgument
+    from fedmkt.wire.chunking import chunk_knowledge
+    from fedmkt.wire.validate import decode_chunk
+
+    engine, a, b = tiny_engine
+    tok = engine.registry.get(a.fingerprint).tokenizer
+    sample = _knowledge_sample(tok, "the quick brown fox", "big", top=1e5)  # > float16 max
+    header = {"run_id": "r", "round": 0, "source": "s", "tokenizer_fingerprint": a.fingerprint,
+              "top_k": 4}
+
+    def run(dtype: str):
+        config = KnowledgeConfig(source_fingerprint=a.fingerprint,
+                                 target_fingerprint=b.fingerprint, top_k=4, logit_dtype=dtype)
+        chunks = chunk_knowledge([sample], header, logit_dtype="float32")
+        return list(engine.align_knowledge(config, ((c, {}) for c in chunks)))
+
+    with pytest.raises(InvalidArgument, match=r"sample big: logit 100000 does not fit the "
+                                              r"float16 output.*float32"):
+        run("float16")
+    # float32 output holds it, and what comes out is valid input for the next receiver
+    for chunk in run("float32"):
+        decode_chunk(chunk, vocab_size=b.vocab_size, fingerprint=b.fingerprint)
+
+
+@pytest.fixture(scope="module")
+def tiny_http(http, tiny_files) -> tuple[str, str]:
+    import base64
+
+    fingerprints = []
+    for name, files in zip(["tiny-a", "tiny-b"], tiny_files, strict=True):
+        reply = http.post("/v1/tokenizers", json={
+            "name": name, "files": {k: base64.b64encode(v).decode() for k, v in files.items()}})
+        assert reply.status_code == 200, reply.text
+        fingerprints.append(reply.json()["fingerprint"])
+    return fingerprints[0], fingerprints[1]
+
+
+def test_http_knowledge_output_posts_back_as_input(http, tiny_http, tiny_files) -> None:
+    import json
+    import math
+
+    from transformers import PreTrainedTokenizerFast
+
+    src, tgt = tiny_http
+    with tempfile.TemporaryDirectory() as folder:
+        for name, content in tiny_files[0].items():
+            (Path(folder) / name).write_bytes(content)
+        tok = PreTrainedTokenizerFast.from_pretrained(folder)
+    sample = _knowledge_sample(tok, "the quick brown fox jumps over the lazy dog", "q1")
+    body = {"source_fingerprint": src, "target_fingerprint": tgt, "top_k": 4,
+            "samples": [{"sample_id": "q1", "token_ids": sample.token_ids.tolist(),
+                         "topk_ids": sample.topk_ids.tolist(),
+                         "topk_logits": sample.topk_logits.tolist(), "loss": 1.25}]}
+    reply = http.post("/v1/align-knowledge", json=body)
+    assert reply.status_code == 200, reply.text
+    out = reply.json()["samples"][0]
+    assert any(i < 0 for row in out["topk_ids"] for i in row)  # there are padding slots
+    logits = [x for row in out["topk_logits"] for x in row]
+    assert all(isinstance(x, float) and math.isfinite(x) for x in logits)
+    assert "Infinity" not in reply.text and "NaN" not in reply.text
+    json.loads(reply.text, parse_constant=lambda c: pytest.fail(f"{c} in the output"))
+    assert out["loss"] == 1.25
+    # the output, sent back the other way, is accepted
+    back = {"source_fingerprint": tgt, "target_fingerprint": src, "top_k": 4,
+            "samples": [{k: out[k] for k in ("sample_id", "token_ids", "topk_ids",
+                                             "topk_logits", "position_start", "loss")}]}
+    again = http.post("/v1/align-knowledge", json=back)
+    assert again.status_code == 200, again.text
+
+
+def test_http_logits_beyond_float32_are_refused_with_the_field(http, tiny_http) -> None:
+    src, tgt = tiny_http
+    reply = http.post("/v1/align-knowledge", json={
+        "source_fingerprint": src, "target_fingerprint": tgt,
+        "samples": [{"sample_id": "s", "token_ids": [1, 2], "topk_ids": [[2]],
+                     "topk_logits": [[1e39]]}]})
+    assert reply.status_code == 400
+    assert "s.topk_logits" in reply.json()["error"]["message"]
+    assert "float32" in reply.json()["error"]["message"]

@@ -186,6 +186,8 @@ class AlignmentEngine:
                                  fingerprint=config.source_fingerprint,
                                  max_positions=MAX_POSITIONS, **same)
             header0 = header0 or chunk.header
+            for part in parts:
+                _check_logit_range(part, config.logit_dtype)
             pending.update(targets)
             done = [whole for whole in map(assembler.add, parts) if whole is not None]
             if not done:
@@ -224,6 +226,27 @@ class AlignmentEngine:
             loss=sample.loss,
             stats=SampleStats(positions=proj.positions, aligned=proj.aligned,
                               fallback=proj.fallback),
+        )
+
+
+# The largest magnitude each output dtype holds finitely. Projection only copies logits (or
+# writes 0), so a logit that fits here stays finite on the way out: the aligner never emits a
+# value (inf) that receivers reject. Bigger ones are refused before any work, not clipped, since
+# clipping would silently change the distribution the student learns from.
+LOGIT_LIMITS = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38, "float32": None}
+
+
+def _check_logit_range(part, logit_dtype: str) -> None:
+    limit = LOGIT_LIMITS.get(logit_dtype)
+    if limit is None:
+        return
+    real = part.topk_logits[part.topk_ids >= 0]
+    if real.size and float(np.abs(real).max()) > limit:
+        worst = float(real[np.argmax(np.abs(real))])
+        raise InvalidArgument(
+            f"sample {part.sample_id}: logit {worst:g} does not fit the {logit_dtype} output "
+            f"(largest finite magnitude {limit:g}); ask for float32 output logits "
+            "(AlignKnowledgeConfig.logit_dtype) or send smaller logits"
         )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from typing import Literal
 
 import numpy as np
@@ -196,7 +197,7 @@ def create_app(engine: AlignmentEngine, max_body_bytes: int = DEFAULT_MAX_BODY) 
                 sample_id=s.sample_id,
                 token_ids=_int32(s.token_ids, f"{s.sample_id}.token_ids"),
                 topk_ids=_int32(s.topk_ids, f"{s.sample_id}.topk_ids"),
-                topk_logits=np.asarray(s.topk_logits, dtype=np.float32),
+                topk_logits=_float32(s.topk_logits, f"{s.sample_id}.topk_logits"),
                 position_start=s.position_start,
                 loss=float("nan") if s.loss is None else s.loss,
             ))
@@ -223,12 +224,16 @@ def create_app(engine: AlignmentEngine, max_body_bytes: int = DEFAULT_MAX_BODY) 
             for sample_pb in chunk.samples:
                 s = decode_sample(sample_pb, vocab_size=vocab.vocab_size,
                                   top_k=chunk.header.top_k)
+                # padding slots (id -1) carry logit 0, as the projection writes them: JSON has
+                # no -inf (it became null, which no request accepts)
+                logits = np.where(s.topk_ids < 0, np.float32(0), s.topk_logits)
                 out.append({
                     "sample_id": s.sample_id,
                     "token_ids": s.token_ids.tolist(),
                     "position_start": s.position_start,
                     "topk_ids": s.topk_ids.tolist(),
-                    "topk_logits": s.topk_logits.tolist(),
+                    "topk_logits": logits.tolist(),
+                    "loss": None if math.isnan(s.loss) else s.loss,
                     "stats": {"positions": sample_pb.stats.positions,
                               "aligned": sample_pb.stats.aligned,
                               "fallback": sample_pb.stats.fallback},
@@ -305,6 +310,20 @@ class Guard:
             await self.app(scope, limited, counted)
         finally:
             HTTP_REQUESTS.labels(label, str(status)).inc()
+
+
+def _float32(values, what: str) -> np.ndarray:
+    """JSON numbers as float32 logits; a finite number beyond float32 is refused here rather
+    than turned into inf."""
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(f"{what}: must be a rectangular list of numbers") from None
+    finite = arr[np.isfinite(arr)]
+    limit = float(np.finfo(np.float32).max)
+    if finite.size and float(np.abs(finite).max()) > limit:
+        raise InvalidArgument(f"{what}: values must fit in float32 (magnitude up to {limit:g})")
+    return arr.astype(np.float32)
 
 
 def _int32(values, what: str) -> np.ndarray:
