@@ -472,3 +472,48 @@ def test_http_logits_beyond_float32_are_refused_with_the_field(http, tiny_http) 
     assert reply.status_code == 400
     assert "s.topk_logits" in reply.json()["error"]["message"]
     assert "float32" in reply.json()["error"]["message"]
+
+
+# -- 7. one error shape, and OpenAPI that says so ------------------------------------------------
+
+def _error_of(reply, status: int) -> dict:
+    assert reply.status_code == status, (reply.status_code, reply.text)
+    body = reply.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["message"]
+    return body["error"]
+
+
+def test_every_error_has_the_one_shape(http) -> None:
+    assert _error_of(http.get("/no/such/path"), 404)["code"] == "NOT_FOUND"
+    error = _error_of(http.delete("/v1/tokenizers"), 405)
+    assert "DELETE" in error["message"] and "GET" in error["message"]
+    error = _error_of(http.post("/v1/align-text", content=b"{not json",
+                                headers={"content-type": "application/json"}), 400)
+    assert error["code"] == "INVALID_ARGUMENT" and "JSON" in error["message"]
+    error = _error_of(http.post("/v1/align-text", json={"text": 5}), 400)
+    assert "source" in error["message"] and "text" in error["message"]
+    assert _error_of(http.get(f"/v1/tokenizers/{'0' * 64}"), 404)["code"] == "NOT_FOUND"
+    assert _error_of(http.get("/v1/tokenizers/nothex"), 400)["code"] == "INVALID_ARGUMENT"
+    assert _error_of(http.get("/docs"), 404)["code"] == "NOT_FOUND"  # docs are off
+
+
+def test_openapi_declares_what_the_service_sends(http) -> None:
+    schema = http.get("/openapi.json").json()
+    assert "/docs" in schema["info"]["description"]  # says the docs pages are off, and why
+    components = schema["components"]["schemas"]
+    assert "HTTPValidationError" not in components and "ErrorResponse" in components
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            assert "422" not in responses, (method, path)
+            for status, response in responses.items():
+                content = response.get("content", {})
+                if status == "200":
+                    ok = next(iter(content.values()))["schema"]
+                    assert ok.get("$ref") or ok.get("type") == "string", (method, path, ok)
+                else:
+                    assert content["application/json"]["schema"] == {
+                        "$ref": "#/components/schemas/ErrorResponse"}, (method, path, status)
+            if "requestBody" in operation:
+                assert "400" in responses and "413" in responses, (method, path)

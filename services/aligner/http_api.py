@@ -1,23 +1,31 @@
 """HTTP/JSON API of the aligner (FastAPI on uvicorn): the gRPC operations for tools that speak
-plain JSON, plus ``/healthz`` and ``/metrics``. OpenAPI docs at ``/docs``.
+plain JSON, plus ``/healthz`` and ``/metrics``. The OpenAPI schema is at ``/openapi.json``;
+the ``/docs`` and ``/redoc`` pages are off (they load their scripts from a CDN, so they were blank
+offline, and no installed package ships the Swagger UI assets).
 
-Errors come back as ``{"error": {"code": ..., "message": ...}}`` with a 4xx status that says
-what to fix; request bodies over the size limit get 413 before they are read.
+Every error, ours or the framework's (unknown path, wrong method, unparsable or invalid body,
+too large a body, a crash), comes back in one shape, ``{"error": {"code": ..., "message": ...}}``
+(``ErrorResponse``), with a status that says what to fix: 400 for a request to change, 404,
+405, 409, 413 for a size limit, 500. OpenAPI declares exactly those, with that schema, and a
+typed schema for every success.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import math
 from typing import Literal
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pydantic import BaseModel, Field, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fedmkt.align.aligner import printable_token
 from fedmkt.align.engine import (
@@ -38,6 +46,7 @@ HTTP_REQUESTS = Counter("fedmkt_http_requests_total",
                         "HTTP requests by route template (unmatched: no route) and status",
                         ["path", "status"])
 UNMATCHED = "unmatched"
+log = logging.getLogger("fedmkt.aligner.http")
 DEFAULT_MAX_BODY = 160 << 20
 
 
@@ -98,6 +107,94 @@ class AlignKnowledgeBody(BaseModel):
     samples: list[SampleIn] = Field(max_length=4096)
 
 
+class ErrorBody(BaseModel):
+    code: str = Field(description="gRPC status name: INVALID_ARGUMENT, NOT_FOUND, "
+                                  "FAILED_PRECONDITION, RESOURCE_EXHAUSTED, UNIMPLEMENTED, "
+                                  "INTERNAL, ...")
+    message: str = Field(description="what is wrong and what to change")
+
+
+class ErrorResponse(BaseModel):
+    """The one shape of every error response."""
+
+    error: ErrorBody
+
+
+class Health(BaseModel):
+    status: Literal["SERVING"]
+
+
+class TokenizerOut(BaseModel):
+    fingerprint: str
+    vocab_size: int
+    name: str
+    special_token_ids: list[int]
+    word_boundary_marker: str
+
+
+class TokenizerList(BaseModel):
+    tokenizers: list[TokenizerOut]
+
+
+class VocabMapOut(BaseModel):
+    source_fingerprint: str
+    target_fingerprint: str
+    canonical: Literal["surface", "fate"]
+    source_to_target: list[int] = Field(description="target id per source id")
+    from_cache: bool
+    build_seconds: float
+    exact_matches: int
+
+
+class AlignTextOut(BaseModel):
+    source_ids: list[int]
+    target_ids: list[int]
+    source_tokens: list[str]
+    target_tokens: list[str]
+    pairs: list[tuple[int, int]] = Field(description="(source index, target index), monotone")
+
+
+class SampleStatsOut(BaseModel):
+    positions: int
+    aligned: int
+    fallback: int
+
+
+class SampleOut(BaseModel):
+    """One projected sample; valid as a ``samples`` entry of a request the other way round."""
+
+    sample_id: str
+    token_ids: list[int]
+    position_start: int
+    topk_ids: list[list[int]] = Field(description="-1 = padding slot")
+    topk_logits: list[list[float]] = Field(description="0 at padding slots")
+    loss: float | None
+    stats: SampleStatsOut
+
+
+class AlignKnowledgeOut(BaseModel):
+    target_fingerprint: str
+    samples: list[SampleOut]
+
+
+def _errors(*statuses: int) -> dict:
+    described = {
+        400: "the request is malformed or a value is out of range; the message names it",
+        404: "no such tokenizer (or path)",
+        405: "the path does not take that method",
+        409: "the request does not fit the state (another run, round or tokenizer)",
+        413: "a size limit was passed; the message names it and its setting",
+        500: "a bug in the aligner",
+    }
+    return {s: {"model": ErrorResponse, "description": described[s]} for s in statuses}
+
+
+# What a status means, as a gRPC status name, for errors the framework raises itself.
+HTTP_CODES = {400: "INVALID_ARGUMENT", 404: "NOT_FOUND", 405: "UNIMPLEMENTED",
+              409: "FAILED_PRECONDITION", 413: "RESOURCE_EXHAUSTED", 415: "INVALID_ARGUMENT",
+              499: "CANCELLED", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+
+
 def info_json(info: TokenizerInfo) -> dict:
     return {
         "fingerprint": info.fingerprint, "vocab_size": info.vocab_size, "name": info.name,
@@ -106,15 +203,26 @@ def info_json(info: TokenizerInfo) -> dict:
     }
 
 
-def _error(code: str, message: str) -> JSONResponse:
+def _error(code: str, message: str, status: int | None = None,
+           headers: dict | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}},
-                        status_code=HTTP_STATUS.get(code, 500))
+                        status_code=status or HTTP_STATUS.get(code, 500), headers=headers)
+
+
+DESCRIPTION = (
+    "MinED vocabulary maps, sequence alignment and top-k projection between Hugging Face "
+    "tokenizers.\n\nEvery error has one shape, `ErrorResponse`: "
+    '`{"error": {"code": "<gRPC status name>", "message": "<what to fix>"}}`.\n\n'
+    "The interactive `/docs` and `/redoc` pages are turned off: they load their scripts from a "
+    "CDN, which an offline deployment cannot reach, and no bundled copy is installed. Read this "
+    "schema (`/openapi.json`) with any OpenAPI viewer instead."
+)
 
 
 def create_app(engine: AlignmentEngine, max_body_bytes: int = DEFAULT_MAX_BODY) -> FastAPI:
-    app = FastAPI(title="fedmkt aligner", version="1",
-                  description="MinED vocabulary maps, sequence alignment and top-k projection "
-                              "between Hugging Face tokenizers.")
+    app = FastAPI(title="fedmkt aligner", version="1", description=DESCRIPTION,
+                  docs_url=None, redoc_url=None)
+    _openapi_without_422(app)
 
     # Pure ASGI (no BaseHTTPMiddleware: it would wrap the body-limit error in an exception
     # group that FastAPI then reports as a parse error).
@@ -132,21 +240,44 @@ def create_app(engine: AlignmentEngine, max_body_bytes: int = DEFAULT_MAX_BODY) 
         return _error("INVALID_ARGUMENT", problems)
 
     async def on_error(request: Request, exc: Exception):
-        return _error(status_of(exc) or "INTERNAL", str(exc))
+        code = status_of(exc) or "INTERNAL"
+        if code == "INTERNAL":
+            log.error("%s %s failed", request.method, request.url.path,
+                      exc_info=(type(exc), exc, exc.__traceback__))
+        return _error(code, str(exc) if code != "INTERNAL" else f"internal error: {exc}")
 
-    # Library errors carry their status; anything else is a 500 (logged by uvicorn).
+    # Library errors carry their status; anything else is a 500, in the same shape.
     app.add_exception_handler(FedmktError, on_error)
     app.add_exception_handler(WireError, on_error)
+    app.add_exception_handler(Exception, on_error)
 
-    @app.get("/healthz")
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(request: Request, exc: StarletteHTTPException):
+        message = str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no route {request.url.path}; see /openapi.json for the API"
+        elif exc.status_code == 405:  # Starlette's Allow names one route's methods only
+            methods = sorted({m for r in app.routes if getattr(r, "methods", None)
+                              and r.path_regex.match(request.url.path) for m in r.methods})
+            allowed = ", ".join(methods)
+            exc.headers = {**(exc.headers or {}), "Allow": allowed}
+            message = f"{request.method} is not allowed on {request.url.path}; allowed: {allowed}"
+        code = HTTP_CODES.get(exc.status_code,
+                              "INVALID_ARGUMENT" if exc.status_code < 500 else "INTERNAL")
+        return _error(code, message, status=exc.status_code, headers=exc.headers)
+
+    @app.get("/healthz", response_model=Health, responses=_errors(500))
     def healthz() -> dict:
         return {"status": "SERVING"}
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response, responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+              "description": "Prometheus text format"}, **_errors(500)})
     def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/tokenizers")
+    @app.post("/v1/tokenizers", response_model=TokenizerOut,
+              responses=_errors(400, 404, 413, 500))
     def register(body: RegisterBody) -> dict:
         files = {}
         for name, content in body.files.items():
@@ -156,15 +287,17 @@ def create_app(engine: AlignmentEngine, max_body_bytes: int = DEFAULT_MAX_BODY) 
                 raise InvalidArgument(f"files.{name}: not valid base64") from None
         return info_json(engine.register(files=files, name=body.name, builtin=body.builtin))
 
-    @app.get("/v1/tokenizers")
+    @app.get("/v1/tokenizers", response_model=TokenizerList, responses=_errors(500))
     def list_tokenizers() -> dict:
         return {"tokenizers": [info_json(i) for i in engine.list_tokenizers()]}
 
-    @app.get("/v1/tokenizers/{fingerprint}")
+    @app.get("/v1/tokenizers/{fingerprint}", response_model=TokenizerOut,
+             responses=_errors(400, 404, 500))
     def get_tokenizer(fingerprint: str) -> dict:
         return info_json(engine.tokenizer_info(TokenizerRefArg(fingerprint=fingerprint)))
 
-    @app.post("/v1/vocab-map")
+    @app.post("/v1/vocab-map", response_model=VocabMapOut,
+              responses=_errors(400, 404, 413, 500))
     def vocab_map(body: VocabMapBody) -> dict:
         result = engine.vocab_map(body.source.arg(), body.target.arg(), parse_mode(body.canonical))
         return {
@@ -177,7 +310,8 @@ def create_app(engine: AlignmentEngine, max_body_bytes: int = DEFAULT_MAX_BODY) 
             "exact_matches": result.exact_matches,
         }
 
-    @app.post("/v1/align-text")
+    @app.post("/v1/align-text", response_model=AlignTextOut,
+              responses=_errors(400, 404, 413, 500))
     def align_text(body: AlignTextBody) -> dict:
         result = engine.align_text(body.source.arg(), body.target.arg(), body.text,
                                    parse_mode(body.canonical), parse_method(body.method))
@@ -188,7 +322,8 @@ def create_app(engine: AlignmentEngine, max_body_bytes: int = DEFAULT_MAX_BODY) 
             "pairs": [[int(i), int(j)] for i, j in result.path],
         }
 
-    @app.post("/v1/align-knowledge")
+    @app.post("/v1/align-knowledge", response_model=AlignKnowledgeOut,
+              responses=_errors(400, 404, 409, 413, 500))
     def align_knowledge(body: AlignKnowledgeBody) -> dict:
         k = len(body.samples[0].topk_ids[0]) if body.samples and body.samples[0].topk_ids else 0
         chunk_samples, targets = [], {}
@@ -241,6 +376,26 @@ def create_app(engine: AlignmentEngine, max_body_bytes: int = DEFAULT_MAX_BODY) 
         return {"target_fingerprint": body.target_fingerprint, "samples": out}
 
     return app
+
+
+def _openapi_without_422(app: FastAPI) -> None:
+    """FastAPI declares 422 HTTPValidationError on every route with a body; this service answers
+    validation errors with 400 ErrorResponse (declared per route), so those entries go."""
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version,
+                                 description=app.description, routes=app.routes)
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    operation.get("responses", {}).pop("422", None)
+            schemas = schema.get("components", {}).get("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 class BodyTooLarge(HTTPException):

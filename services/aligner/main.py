@@ -79,7 +79,7 @@ class AlignerProcess:
         self._http_thread = threading.Thread(
             target=self.http_server.run, kwargs={"sockets": [sock]}, name="http", daemon=True)
         self._http_thread.start()
-        log.info("aligner HTTP on http://%s:%d (docs at /docs)", self.settings.host,
+        log.info("aligner HTTP on http://%s:%d (OpenAPI at /openapi.json)", self.settings.host,
                  self.http_port)
 
     def stop(self, grace: float = 2.0) -> None:
