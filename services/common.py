@@ -177,6 +177,7 @@ class CallLimiter(grpc.ServerInterceptor):
             return handler
         streaming = handler.request_streaming or handler.response_streaming
         name = method.rsplit("/", 1)[-1]
+        deserialize = _tolerant(handler.request_deserializer)
         if handler.request_streaming and handler.response_streaming:
             inner = handler.stream_stream
 
@@ -184,13 +185,13 @@ class CallLimiter(grpc.ServerInterceptor):
                 release = self._admit(context, streaming, name)
                 try:
                     yield from inner(self._watched(requests, context, name), context)
-                except StreamIdle as exc:  # a handler without map_errors let it through
+                except (StreamIdle, BadMessage) as exc:  # a handler without map_errors
                     _ended_idle(context, exc)
                 finally:
                     release()
 
             return grpc.stream_stream_rpc_method_handler(
-                stream_stream, handler.request_deserializer, handler.response_serializer)
+                stream_stream, deserialize, handler.response_serializer)
         if handler.request_streaming:
             inner = handler.stream_unary
 
@@ -198,17 +199,18 @@ class CallLimiter(grpc.ServerInterceptor):
                 release = self._admit(context, streaming, name)
                 try:
                     return inner(self._watched(requests, context, name), context)
-                except StreamIdle as exc:  # a handler without map_errors let it through
+                except (StreamIdle, BadMessage) as exc:  # a handler without map_errors
                     _ended_idle(context, exc)
                 finally:
                     release()
 
             return grpc.stream_unary_rpc_method_handler(
-                stream_unary, handler.request_deserializer, handler.response_serializer)
+                stream_unary, deserialize, handler.response_serializer)
         if handler.response_streaming:
             inner = handler.unary_stream
 
             def unary_stream(request, context):
+                _refuse_undecodable(request, context, name)
                 release = self._admit(context, streaming, name)
                 try:
                     yield from inner(request, context)
@@ -216,10 +218,11 @@ class CallLimiter(grpc.ServerInterceptor):
                     release()
 
             return grpc.unary_stream_rpc_method_handler(
-                unary_stream, handler.request_deserializer, handler.response_serializer)
+                unary_stream, deserialize, handler.response_serializer)
         inner = handler.unary_unary
 
         def unary_unary(request, context):
+            _refuse_undecodable(request, context, name)
             release = self._admit(context, streaming, name)
             try:
                 return inner(request, context)
@@ -227,7 +230,7 @@ class CallLimiter(grpc.ServerInterceptor):
                 release()
 
         return grpc.unary_unary_rpc_method_handler(
-            unary_unary, handler.request_deserializer, handler.response_serializer)
+            unary_unary, deserialize, handler.response_serializer)
 
     def _admit(self, context, streaming: bool, name: str) -> Callable[[], None]:
         """Count the call in, or abort it with RESOURCE_EXHAUSTED; returns the release (safe to
@@ -267,10 +270,52 @@ class CallLimiter(grpc.ServerInterceptor):
 
     def _watched(self, requests: Iterator, context, name: str) -> Iterator:
         timeout = self.limits.stream_idle_timeout_s
-        if not timeout:
-            return requests
-        return _idle_limited(requests, context, timeout, name,
-                             self.limits.setting_names["stream_idle_timeout_s"])
+        if timeout:
+            requests = _idle_limited(requests, context, timeout, name,
+                                     self.limits.setting_names["stream_idle_timeout_s"])
+        return _decodable(requests, context, name)
+
+
+class _Undecodable:
+    """Stands for a message that did not parse (gRPC would answer INTERNAL and log a
+    traceback; it is the caller's bad input)."""
+
+    def __init__(self, type_name: str, error: BaseException) -> None:
+        self.type_name = type_name
+        self.error = error
+
+
+def _tolerant(deserializer):
+    if deserializer is None:
+        return None
+    owner = getattr(deserializer, "__self__", None)
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    type_name = getattr(descriptor, "full_name", None) or "request message"
+
+    def deserialize(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception as exc:  # noqa: BLE001 - any parse failure is the caller's
+            return _Undecodable(type_name, exc)
+
+    return deserialize
+
+
+def _refuse_undecodable(request, context, name: str) -> None:
+    if isinstance(request, _Undecodable):
+        RPC_TOTAL.labels("limits", name, "INVALID_ARGUMENT").inc()
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                      f"{name}: the request is not a valid {request.type_name} protobuf message "
+                      f"({request.error}); send one serialized from the fedmkt.v1 .proto files")
+
+
+def _decodable(requests: Iterator, context, name: str) -> Iterator:
+    for index, request in enumerate(requests):
+        if isinstance(request, _Undecodable):
+            raise BadMessage(f"{name}: message {index} of the stream is not a valid "
+                             f"{request.type_name} protobuf message ({request.error}); send "
+                             "messages serialized from the fedmkt.v1 .proto files")
+        yield request
 
 
 _END = object()
@@ -282,8 +327,16 @@ class StreamIdle(Exception):  # noqa: N818 - named for what happened
     code = "DEADLINE_EXCEEDED"
 
 
-def _ended_idle(context, exc: StreamIdle) -> None:
-    context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+class BadMessage(Exception):  # noqa: N818
+    """A streamed message that does not parse (INVALID_ARGUMENT)."""
+
+    code = "INVALID_ARGUMENT"
+
+
+def _ended_idle(context, exc: StreamIdle | BadMessage) -> None:
+    code = grpc.StatusCode.DEADLINE_EXCEEDED if isinstance(exc, StreamIdle) else \
+        grpc.StatusCode.INVALID_ARGUMENT
+    context.abort(code, str(exc))
 
 
 def _idle_limited(requests: Iterator, context, timeout: float, name: str,

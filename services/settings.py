@@ -69,6 +69,9 @@ class AlignerSettings(ServiceSettings):
     max_streams: int = 16
     stream_idle_timeout_s: float = 300.0
     health_workers: int = 2
+    # tokenizers registered from uploaded files (builtins not counted); more are refused with
+    # RESOURCE_EXHAUSTED. Each costs disk for good and memory while loaded.
+    max_tokenizers: int = 64
 
     @model_validator(mode="after")
     def _limits(self) -> AlignerSettings:
@@ -77,6 +80,8 @@ class AlignerSettings(ServiceSettings):
         if not 0 <= self.max_streams <= self.workers:
             raise ValueError(f"max_streams must be in 0..workers ({self.workers}), "
                              f"got {self.max_streams}")
+        if self.max_tokenizers < 1:
+            raise ValueError("max_tokenizers must be at least 1")
         if self.stream_idle_timeout_s < 0:
             raise ValueError("stream_idle_timeout_s must be >= 0 (0 = no idle timeout)")
         return self

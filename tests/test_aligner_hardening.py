@@ -517,3 +517,127 @@ def test_openapi_declares_what_the_service_sends(http) -> None:
                         "$ref": "#/components/schemas/ErrorResponse"}, (method, path, status)
             if "requestBody" in operation:
                 assert "400" in responses and "413" in responses, (method, path)
+
+
+# -- 8. errors that say what to fix ---------------------------------------------------------------
+
+def test_garbage_protobuf_is_invalid_argument_naming_the_message(tmp_path) -> None:
+    process, channel = _start(tmp_path)
+    try:
+        garbage = b"\x0a\xff\xff\xff\x0f"  # field 1, a length far past the end
+        unary = channel.unary_unary("/fedmkt.v1.AlignerService/AlignText")
+        with pytest.raises(grpc.RpcError) as info:
+            unary(garbage, timeout=5)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "fedmkt.v1.AlignTextRequest" in info.value.details()
+        stream = channel.stream_stream("/fedmkt.v1.AlignerService/AlignKnowledge")
+        with pytest.raises(grpc.RpcError) as info:
+            list(stream(iter([garbage]), timeout=5))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "message 0 of the stream" in info.value.details()
+        assert "fedmkt.v1.AlignKnowledgeRequest" in info.value.details()
+        # still serving
+        stub = aligner_pb2_grpc.AlignerServiceStub(channel)
+        stub.ListTokenizers(aligner_pb2.ListTokenizersRequest(), timeout=5)
+    finally:
+        channel.close()
+        process.stop(grace=0.2)
+
+
+def test_http_out_of_range_integers_name_the_field(http, tiny_http) -> None:
+    src, tgt = tiny_http
+    sample = {"sample_id": "s", "token_ids": [1, 2], "topk_ids": [[2]], "topk_logits": [[1.0]]}
+    base = {"source_fingerprint": src, "target_fingerprint": tgt}
+    error = _error_of(http.post("/v1/align-knowledge",
+                                json={**base, "round": 2**40, "samples": [sample]}), 400)
+    assert "round" in error["message"] and "2147483647" in error["message"]
+    error = _error_of(http.post("/v1/align-knowledge", json={
+        **base, "samples": [{**sample, "position_start": 2**40}]}), 400)
+    assert "samples.0.position_start" in error["message"]
+    error = _error_of(http.post("/v1/align-knowledge", json={
+        **base, "samples": [{**sample, "token_ids": [1, 2**40]}]}), 400)
+    assert "s.token_ids" in error["message"]
+
+
+def test_http_too_large_sample_names_the_real_limit(http, tiny_http) -> None:
+    from fedmkt.align.engine import MAX_POSITIONS
+
+    src, tgt = tiny_http
+    tokens = [1] * 270_000  # > 1 MiB of int32 ids: more than one chunk part can hold
+    error = _error_of(http.post("/v1/align-knowledge", json={
+        "source_fingerprint": src, "target_fingerprint": tgt,
+        "samples": [{"sample_id": "s", "token_ids": tokens, "topk_ids": [[2]],
+                     "topk_logits": [[1.0]]}]}), 400)
+    assert "max_bytes" not in error["message"]
+    assert "token_ids" in error["message"] and str(MAX_POSITIONS + 1) in error["message"]
+
+
+def test_registering_known_files_under_another_label_is_refused(tmp_path, tiny_files) -> None:
+    from fedmkt.wire.v1 import tokenizer_pb2
+
+    process, channel = _start(tmp_path)
+    try:
+        stub = aligner_pb2_grpc.AlignerServiceStub(channel)
+        files = [tokenizer_pb2.TokenizerFile(name=k, content=v) for k, v in tiny_files[0].items()]
+        first = stub.RegisterTokenizer(aligner_pb2.RegisterTokenizerRequest(name="alpha",
+                                                                            files=files))
+        assert first.name == "alpha"
+        with pytest.raises(grpc.RpcError) as info:
+            stub.RegisterTokenizer(aligner_pb2.RegisterTokenizerRequest(name="beta", files=files))
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "already registered as 'alpha'" in info.value.details()
+        # the same label, or none, is idempotent and answers with the label kept
+        for name in ["alpha", ""]:
+            again = stub.RegisterTokenizer(aligner_pb2.RegisterTokenizerRequest(name=name,
+                                                                                files=files))
+            assert (again.fingerprint, again.name) == (first.fingerprint, "alpha")
+    finally:
+        channel.close()
+        process.stop(grace=0.2)
+
+
+def test_http_reregistration_under_another_label_is_409(http, tiny_http, tiny_files) -> None:
+    import base64
+
+    files = {k: base64.b64encode(v).decode() for k, v in tiny_files[0].items()}
+    error = _error_of(http.post("/v1/tokenizers", json={"name": "other", "files": files}), 409)
+    assert error["code"] == "FAILED_PRECONDITION" and "'tiny-a'" in error["message"]
+
+
+def test_target_tokens_for_unknown_samples_are_refused(tiny_engine) -> None:
+    import numpy as np
+
+    from fedmkt.align.engine import KnowledgeConfig, TargetTokens
+    from fedmkt.errors import InvalidArgument
+    from fedmkt.wire.chunking import chunk_knowledge
+
+    engine, a, b = tiny_engine
+    tok = engine.registry.get(a.fingerprint).tokenizer
+    sample = _knowledge_sample(tok, "the quick brown fox", "known")
+    header = {"run_id": "r", "round": 0, "source": "s", "tokenizer_fingerprint": a.fingerprint,
+              "top_k": 4}
+    config = KnowledgeConfig(source_fingerprint=a.fingerprint, target_fingerprint=b.fingerprint,
+                             top_k=4)
+    targets = {"known": TargetTokens(text="the quick brown fox"),
+               "typo": TargetTokens(token_ids=np.asarray([1, 2], dtype=np.int32))}
+    chunks = chunk_knowledge([sample], header, logit_dtype="float32")
+    with pytest.raises(InvalidArgument, match=r"sample 'typo', which is not a sample"):
+        list(engine.align_knowledge(config, ((c, targets) for c in chunks)))
+    chunks = chunk_knowledge([sample], header, logit_dtype="float32")
+    assert list(engine.align_knowledge(config, ((c, {"known": targets["known"]})
+                                               for c in chunks)))
+
+
+def test_uploaded_tokenizers_are_capped(tmp_path, tiny_files) -> None:
+    from fedmkt.align.engine import AlignmentEngine
+    from fedmkt.errors import ResourceExhausted
+
+    engine = AlignmentEngine(tmp_path, max_tokenizers=1)
+    first = engine.register(files=tiny_files[0], name="a")
+    with pytest.raises(ResourceExhausted, match=r"holds 1 uploaded tokenizers.*max_tokenizers"):
+        engine.register(files=tiny_files[1], name="b")
+    assert engine.register(files=tiny_files[0]).fingerprint == first.fingerprint  # known: fine
+    assert engine.register(builtin="gpt2").vocab_size == 50257  # builtins do not count
+    assert AlignerSettings(max_tokenizers=3).max_tokenizers == 3
+    with pytest.raises(ValueError, match="max_tokenizers"):
+        AlignerSettings(max_tokenizers=0)

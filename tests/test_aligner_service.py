@@ -304,10 +304,11 @@ def test_http_register_vocab_map_and_knowledge(http) -> None:
     folder = tokenizer_path("neox")
     files = {p.name: base64.b64encode(p.read_bytes()).decode() for p in folder.iterdir()
              if p.is_file()}
-    info = http.post("/v1/tokenizers", json={"name": "neox-upload", "files": files}).json()
+    # the builtin neox may be registered already: the same files keep that label (another
+    # label would be refused, tests/test_aligner_hardening.py)
+    info = http.post("/v1/tokenizers", json={"name": "neox", "files": files}).json()
     assert info["vocab_size"] == 50280
-    assert http.get(f"/v1/tokenizers/{info['fingerprint']}").json()["name"] in {
-        "neox-upload", "neox"}
+    assert http.get(f"/v1/tokenizers/{info['fingerprint']}").json()["name"] == "neox"
     vmap = http.post("/v1/vocab-map", json={"source": {"fingerprint": info["fingerprint"]},
                                             "target": {"builtin": "gpt2"}}).json()
     assert len(vmap["source_to_target"]) == 50280

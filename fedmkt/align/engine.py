@@ -84,9 +84,13 @@ def parse_method(value: str | None) -> str:
 class AlignmentEngine:
     """Registered tokenizers + vocab-map cache + the aligners built from them."""
 
-    def __init__(self, cache_root: Path, max_aligners: int = 16) -> None:
+    def __init__(self, cache_root: Path, max_aligners: int = 16,
+                 max_tokenizers: int | None = None,
+                 max_tokenizers_setting: str = "max_tokenizers") -> None:
         self.cache_root = Path(cache_root)
-        self.registry = TokenizerRegistry(self.cache_root / "tokenizers")
+        self.registry = TokenizerRegistry(self.cache_root / "tokenizers",
+                                          max_uploaded=max_tokenizers,
+                                          cap_setting=max_tokenizers_setting)
         self.maps = VocabMapCache(self.cache_root / "vocab_maps")
         self._aligners: OrderedDict[tuple, TokenAligner] = OrderedDict()
         self._max_aligners = max_aligners
@@ -188,6 +192,14 @@ class AlignmentEngine:
             header0 = header0 or chunk.header
             for part in parts:
                 _check_logit_range(part, config.logit_dtype)
+            firsts = {part.sample_id for part in parts if part.part_index == 0}
+            for sample_id in targets:
+                if sample_id not in firsts:
+                    raise InvalidArgument(
+                        f"target tokens for sample {sample_id!r}, which is not a sample whose "
+                        "first part is in this batch's chunk; send each sample's target tokens "
+                        "with the chunk that holds its part 0"
+                    )
             pending.update(targets)
             done = [whole for whole in map(assembler.add, parts) if whole is not None]
             if not done:

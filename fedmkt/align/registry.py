@@ -16,10 +16,10 @@ import shutil
 import tempfile
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from fedmkt.errors import InvalidArgument, NotFound, ResourceExhausted
+from fedmkt.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,19 @@ def describe(tokenizer, name: str) -> TokenizerInfo:
 
 
 class TokenizerRegistry:
-    """Registered tokenizers on disk under ``root``, the recently used ones in memory."""
+    """Registered tokenizers on disk under ``root``, the recently used ones in memory.
 
-    def __init__(self, root: Path, max_loaded: int = 8) -> None:
+    ``max_uploaded`` caps the tokenizers registered from uploaded files (each costs disk for
+    good and memory while loaded); builtins do not count. None = no cap.
+    """
+
+    def __init__(self, root: Path, max_loaded: int = 8, max_uploaded: int | None = None,
+                 cap_setting: str = "max_tokenizers") -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_loaded = max_loaded
+        self.max_uploaded = max_uploaded
+        self.cap_setting = cap_setting
         self._loaded: OrderedDict[str, _Entry] = OrderedDict()
         self._builtins: dict[str, str] = {}  # builtin name -> fingerprint
         self._lock = threading.RLock()
@@ -94,10 +101,46 @@ class TokenizerRegistry:
                 (tmp / fname).write_bytes(content)
             tokenizer = self._load_folder(tmp, what="the uploaded files")
             info = describe(tokenizer, name or "unnamed")
-            self._store(tmp, info)
+            with self._lock:  # one check-and-store at a time, so that the cap holds
+                stored = self._stored_meta(info.fingerprint)
+                if stored is not None:  # known content: idempotent, under its first label
+                    self._check_label(info.fingerprint, stored, name)
+                    info = replace(info, name=stored.get("name", ""))
+                else:
+                    self._check_cap()
+                    self._store(tmp, info, uploaded=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return self._remember(info, tokenizer)
+
+    def _stored_meta(self, fingerprint: str) -> dict | None:
+        meta_file = self.root / fingerprint / INFO_FILE
+        return json.loads(meta_file.read_text()) if meta_file.exists() else None
+
+    @staticmethod
+    def _check_label(fingerprint: str, stored: dict, name: str) -> None:
+        """Registering known files again is idempotent, but not under another label: that
+        label would not be kept, and silently answering with the old one misleads."""
+        label = stored.get("name", "")
+        if name and name != label:
+            raise FailedPrecondition(
+                f"these files are tokenizer {fingerprint[:12]}…, already registered as "
+                f"{label!r}; a tokenizer keeps its first label: register it as {label!r} or "
+                "with no name (its fingerprint is its identity)"
+            )
+
+    def _check_cap(self) -> None:
+        if self.max_uploaded is None:
+            return
+        uploaded = sum(1 for folder in self.root.iterdir()
+                       if not folder.name.startswith(".") and (folder / INFO_FILE).exists()
+                       and not json.loads((folder / INFO_FILE).read_text()).get("builtin"))
+        if uploaded >= self.max_uploaded:
+            raise ResourceExhausted(
+                f"this aligner already holds {uploaded} uploaded tokenizers, its limit "
+                f"(setting {self.cap_setting}); use one that is registered (ListTokenizers / "
+                "GET /v1/tokenizers) or a builtin, or ask its operator to raise the limit"
+            )
 
     def register_builtin(self, builtin: str) -> TokenizerInfo:
         """Register one of fedmkt's builtin tokenizers by name."""
@@ -112,7 +155,7 @@ class TokenizerRegistry:
             )
         tokenizer = load_tokenizer(builtin)
         info = describe(tokenizer, builtin)
-        self._store(tokenizer_path(builtin), info)
+        self._store(tokenizer_path(builtin), info, uploaded=False)
         with self._lock:
             self._builtins[builtin] = info.fingerprint
         return self._remember(info, tokenizer)
@@ -203,7 +246,7 @@ class TokenizerRegistry:
             raise InvalidArgument(f"{what} load as a tokenizer with an empty vocabulary")
         return tokenizer
 
-    def _store(self, source: Path, info: TokenizerInfo) -> None:
+    def _store(self, source: Path, info: TokenizerInfo, uploaded: bool) -> None:
         final = self.root / info.fingerprint
         if (final / INFO_FILE).exists():
             return
@@ -217,6 +260,8 @@ class TokenizerRegistry:
                 "special_token_ids": list(info.special_token_ids),
                 "word_boundary_marker": info.word_boundary_marker,
             }
+            if not uploaded:
+                meta["builtin"] = info.name  # not counted against max_uploaded
             (staging / INFO_FILE).write_text(json.dumps(meta, ensure_ascii=False))
             try:
                 os.replace(staging, final)

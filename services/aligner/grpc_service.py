@@ -144,6 +144,9 @@ def _batches(requests) -> Iterator:
         for t in request.batch.targets:
             if not t.sample_id:
                 raise InvalidArgument("target tokens without a sample_id")
+            if t.sample_id in targets:
+                raise InvalidArgument(f"target tokens for sample {t.sample_id!r} given twice "
+                                      "in one batch")
             ids = None
             if t.HasField("token_ids"):
                 ids = codec.decode(t.token_ids, expect_dtype="int32", expect_shape=(None,),

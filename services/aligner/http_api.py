@@ -16,7 +16,7 @@ import base64
 import binascii
 import logging
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
@@ -29,6 +29,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fedmkt.align.aligner import printable_token
 from fedmkt.align.engine import (
+    MAX_POSITIONS,
+    MAX_TOP_K,
     AlignmentEngine,
     KnowledgeConfig,
     TargetTokens,
@@ -84,12 +86,17 @@ class AlignTextBody(BaseModel):
     method: Literal["dtw", "offsets"] = "dtw"
 
 
+INT32_MAX = 2**31 - 1
+
+
 class SampleIn(BaseModel):
     sample_id: str = Field(min_length=1, max_length=256)
-    token_ids: list[int]
-    topk_ids: list[list[int]]
-    topk_logits: list[list[float]]
-    position_start: int = 0
+    token_ids: list[int] = Field(max_length=MAX_POSITIONS + 1)
+    topk_ids: list[Annotated[list[int], Field(max_length=MAX_TOP_K)]] = Field(
+        max_length=MAX_POSITIONS)
+    topk_logits: list[Annotated[list[float], Field(max_length=MAX_TOP_K)]] = Field(
+        max_length=MAX_POSITIONS)
+    position_start: int = Field(default=0, ge=0, le=INT32_MAX)
     loss: float | None = None
     target_token_ids: list[int] | None = None
     target_text: str | None = None
@@ -100,9 +107,9 @@ class AlignKnowledgeBody(BaseModel):
     target_fingerprint: str
     canonical: Literal["surface", "fate"] = "surface"
     method: Literal["dtw", "offsets"] = "dtw"
-    top_k: int = Field(default=0, ge=0, le=1024)
+    top_k: int = Field(default=0, ge=0, le=MAX_TOP_K)
     run_id: str = Field(default="adhoc", min_length=1, max_length=256)
-    round: int = Field(default=0, ge=0)
+    round: int = Field(default=0, ge=0, le=INT32_MAX)
     source: str = Field(default="http", min_length=1, max_length=256)
     samples: list[SampleIn] = Field(max_length=4096)
 
@@ -351,8 +358,10 @@ def create_app(engine: AlignmentEngine, max_body_bytes: int = DEFAULT_MAX_BODY) 
                   "tokenizer_fingerprint": body.source_fingerprint, "top_k": k}
         try:
             chunks = list(chunk_knowledge(chunk_samples, header, logit_dtype="float32"))
-        except ValueError as exc:
-            raise InvalidArgument(str(exc)) from None
+        except ValueError as exc:  # max_bytes is the chunker's, not a setting a caller has
+            raise InvalidArgument(str(exc).replace(
+                "raise max_bytes", f"a sample holds at most {MAX_POSITIONS + 1} token_ids and "
+                f"{MAX_POSITIONS} positions of at most {MAX_TOP_K} slots")) from None
         out = []
         vocab = engine.tokenizer_info(TokenizerRefArg(fingerprint=body.target_fingerprint))
         for chunk in engine.align_knowledge(config, ((c, targets) for c in chunks)):

@@ -25,9 +25,11 @@ class AlignerProcess:
 
     def __init__(self, settings: AlignerSettings) -> None:
         self.settings = settings
-        self.engine = AlignmentEngine(settings.resolved_state_dir())
-        limit = settings.max_message_mb << 20
         env = "FEDMKT_ALIGNER_"
+        self.engine = AlignmentEngine(
+            settings.resolved_state_dir(), max_tokenizers=settings.max_tokenizers,
+            max_tokenizers_setting=f"max_tokenizers / {env}MAX_TOKENIZERS")
+        limit = settings.max_message_mb << 20
         limits = CallLimits(
             max_streams=settings.max_streams,
             stream_idle_timeout_s=settings.stream_idle_timeout_s,
