@@ -188,7 +188,7 @@ def study_section(entries: Sequence[Entry], summaries: Sequence[dict[str, Any]])
             lines.append(f"| {row['participant']} ({row['model']}) | {row['role']} | "
                          f"{entry.seed} | {_fmt(row['zero_shot'])} | {_fmt(row['baseline'])} "
                          f"({row['baseline_kind']}) | {ablation} | {_fmt(row['fedmkt'])} |")
-    lines += ["", f"FedMKT minus each baseline, all seeds' held-out samples pooled (95 % paired "
+    lines += ["", "FedMKT minus each baseline, all seeds' held-out samples pooled (95 % paired "
               "bootstrap); the verdict comes from the interval:", "",
               "| model | vs baseline | vs private + public CE, no KD | vs zero-shot |",
               "|---|---|---|---|"]
