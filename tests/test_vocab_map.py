@@ -106,6 +106,40 @@ def test_anagrams_and_shuffles_across_levels() -> None:
     both(target, source)
 
 
+def edits(s: str, count: int, rng: random.Random, alphabet: str) -> str:
+    for _ in range(count):
+        i = rng.randrange(len(s) + 1)
+        op = rng.choice("sdi")
+        if op == "s" and i < len(s):
+            s = s[:i] + rng.choice(alphabet) + s[i + 1:]
+        elif op == "d" and i < len(s):
+            s = s[:i] + s[i + 1:]
+        else:
+            s = s[:i] + rng.choice(alphabet) + s[i:]
+    return s
+
+
+@pytest.mark.parametrize("max_matches", [None, 3])
+def test_long_sources_at_distance_two(monkeypatch, max_matches: int | None) -> None:
+    """Sources of length >= 6 go through the deletion neighbourhoods at level 2 (two edits of
+    every kind, repeated characters, several targets at distance 2 and duplicate target
+    strings); with a tiny match limit most of them fall back to the level search."""
+    from fedmkt.align import vocab_map
+
+    if max_matches is not None:
+        monkeypatch.setattr(vocab_map, "_TWO_MAX_MATCHES", max_matches)
+    rng = random.Random(11)
+    alphabet = "abcaab\u00e9x"
+    source = ["".join(rng.choice(alphabet) for _ in range(rng.randint(6, 12)))
+              for _ in range(200)]
+    source += ["aaaaaaa", "abababab", "aabbaabb"]
+    target = [edits(s, rng.choice([2, 2, 3]), rng, alphabet) for s in source for _ in range(2)]
+    target += ["aaaaa", "aaaaaaaaa", "abab" "abab" "ab", "aabbab", "ab" * 3]
+    target += target[::7]  # duplicate strings: the smallest id wins
+    assert max(len(s) for s in source) <= 12
+    both(source, target)
+
+
 def test_options_do_not_change_the_result() -> None:
     rng = random.Random(3)
     words = ["".join(rng.choice("abcd") for _ in range(rng.randint(1, 6))) for _ in range(300)]

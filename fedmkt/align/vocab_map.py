@@ -24,19 +24,28 @@ rapidfuzz's SIMD ``cdist``, still takes about a minute for 262k × 49k):
    variant hash equals one of the source's, and it is checked with an exact distance. A hash
    collision can only make that check fail; such a source is redone with exact string
    variants, so the result never depends on the hash.
-5. The rest (distance ≥ 2) is searched level by level, k = 2, 3, …: at level k every source
-   not yet resolved is known to have no target within k - 1, so a target within k is at
-   exactly k, and the answer is the smallest-rank target within k. Candidates for level k are
-   the targets that pass the *bag-distance* bound: a string's characters, counted with
-   multiplicity, are features ``(c, j)`` ("at least j + 1 copies of c"); if s (n features)
-   misses x of them in t, then lev(s, t) ≥ max(x, x + m - n) (every edit fixes at most one
-   missing feature on each side), so t is a candidate only if
+5. Distance 2, for sources of at least six characters, from deletion neighbourhoods: if
+   lev(s, t) ≤ 2, deleting from s the substituted and deleted characters of an optimal
+   alignment and from t the substituted and inserted ones gives the same string, so s and t
+   share a variant with at most two characters deleted. All such variants are hashed (the
+   same hashes, mixed, their top bits sorted together with the owner); sources and targets
+   with an equal hash are candidates (a superset), checked with exact distances. A source
+   with a hit takes the smallest such rank; one without is known to have no target within 2.
+   Shorter sources, and those whose variants match too many targets, are left to step 6.
+6. The rest is searched level by level, k = 2 (3 for those known to be beyond 2), 3, …: at
+   level k every source not yet resolved is known to have no target within k - 1, so a target
+   within k is at exactly k, and the answer is the smallest-rank target within k. Candidates
+   for level k are the targets that pass the *bag-distance* bound: a string's characters,
+   counted with multiplicity, are features ``(c, j)`` ("at least j + 1 copies of c"); if s
+   (n features) misses x of them in t, then lev(s, t) ≥ max(x, x + m - n) (every edit fixes
+   at most one missing feature on each side), so t is a candidate only if
    ``x ≤ k - max(0, m - n)`` and ``|m - n| ≤ k``. Two exact ways produce the candidates:
 
    * *bitsets*: targets are laid out by (length, rank) and each feature has a bitset of the
      targets that lack it. Bit-sliced counters of the missing features are updated with a few
      word operations per feature (a ripple-carry add) over the length band of a batch of
-     sources — 64 targets per machine word — and the bound is applied per target length. Features are taken rarest first and sources whose band is exhausted leave early.
+     sources — 64 targets per machine word — and the bound is applied per target length.
+     Features are taken rarest first and sources whose band is exhausted leave early.
    * *prefix postings* (for sources with rare characters): a candidate must contain at least
      one of any k - a + 1 features of s (a = features of s that no target has), so the union of
      the band postings of the rarest k - a + 1 features is a superset of the candidates; it is
@@ -51,7 +60,7 @@ rapidfuzz's SIMD ``cdist``, still takes about a minute for 262k × 49k):
    level k once the rank bands before that rank are searched. Each source's first level is
    raised to the bound given by its features absent from every target and by the target
    lengths that exist.
-6. A source whose candidates far outnumber what a SIMD pass over its length band would cost
+7. A source whose candidates far outnumber what a SIMD pass over its length band would cost
    (checking one candidate costs about as much as ten pairs of ``rapidfuzz.process.cdist``) is
    finished that way instead: exact distances to every target of its length band, then of the
    next length gaps while they can still hold a closer target; targets in rank order, so the
@@ -80,6 +89,7 @@ _ALL = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 # Polynomial hash base and length salt (odd 64-bit constants; arithmetic wraps modulo 2**64).
 _BASE = np.uint64(0x9E37_79B9_7F4A_7C15)
 _SALT = np.uint64(0xC2B2_AE3D_27D4_EB4F)
+_MIX = np.uint64(0xBF58_476D_1CE4_E5B9)  # odd: multiplying by it is a bijection
 # Multiplicities above this are one feature ("at least 127 copies"): only over-counts overlap,
 # which keeps the bound a lower bound.
 _MAX_COPIES = 127
@@ -109,6 +119,10 @@ _PARALLEL_PAIRS = 20_000
 _VERIFY_ROUNDS = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 1 << 62)
 # Candidate pairs generated per batch from the prefix postings (bounds memory).
 _VERIFY_CHUNK = 1 << 20
+# Level 2 by deletion neighbourhoods (module docstring, 5) for pending strings this long or more
+# (shorter ones match far too many targets), unless their variants match more than this often.
+_TWO_MIN_LENGTH = 6
+_TWO_MAX_MATCHES = 4096
 
 
 @dataclass(frozen=True)
@@ -329,6 +343,97 @@ def _distance_one_exact(pending: Sequence[str], targets: _Targets) -> dict[str, 
     return found
 
 
+# --------------------------------------------------------------------------- distance 2
+
+
+def _deletion_variants(flat: _Flat, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Salted hashes (as in :func:`_variant_hashes`) of every string ``keep`` selects, of its
+    one-deletion and of its two-deletion variants; returns (hashes, string index)."""
+    powers = _powers(int(flat.lengths.max(initial=0)) + 1)
+    exact, deleted, _ = _variant_hashes(flat)
+    prefix, slot = _prefix_hashes(flat)
+    length = flat.lengths
+    strings = np.flatnonzero(keep & (length >= 2))
+    pairs = length[strings] * (length[strings] - 1) // 2
+    owner = np.repeat(strings, pairs)
+    idx = np.arange(owner.size, dtype=np.int64) - np.repeat(np.cumsum(pairs) - pairs, pairs)
+    # idx → positions i < j (idx = j (j - 1) / 2 + i); exact for these small integers
+    j = ((1 + np.sqrt(1 + 8 * idx.astype(np.float64))) // 2).astype(np.int64)
+    i = idx - j * (j - 1) // 2
+    size = length[owner]
+    base = slot[owner]
+    head = prefix[base + i]  # characters [0, i)
+    mid = prefix[base + j] - prefix[base + i + 1] * powers[j - i - 1]  # (i, j)
+    tail = prefix[base + size] - prefix[base + j + 1] * powers[size - j - 1]  # (j, size)
+    two = ((head * powers[size - 2 - i] + mid * powers[size - 1 - j] + tail)
+           ^ ((size - 2).astype(_U64) * _SALT))
+    one = keep[flat.owner]
+    return (np.concatenate([exact[keep], deleted[one], two]),
+            np.concatenate([np.flatnonzero(keep), flat.owner[one], owner]))
+
+
+def _distance_two(pending: Sequence[str], targets: _Targets, workers: int
+                  ) -> tuple[dict[str, int], np.ndarray]:
+    """Level 2 for the pending strings of length >= _TWO_MIN_LENGTH, by deletion
+    neighbourhoods: lev(s, t) <= 2 implies that s and t, each with at most two characters
+    deleted, give the same string (delete from s the substituted and deleted characters of an
+    optimal alignment, from t the substituted and inserted ones). Every such variant is hashed;
+    pairs with an equal hash are candidates (a superset: hash collisions and pairs up to four
+    edits apart), checked with exact distances.
+
+    ``pending`` strings have no target within 1. Returns (string → smallest rank at distance 2,
+    for those that have one; a mask over ``pending``: known to have no target within 2).
+    """
+    none = np.zeros(len(pending), dtype=bool)
+    n = np.fromiter(map(len, pending), dtype=np.int64, count=len(pending))
+    chosen = n >= _TWO_MIN_LENGTH
+    if not chosen.any():
+        return {}, none
+    s_flat, t_flat = _flat(pending), _flat(targets.strings)
+    lo_len, hi_len = int(n[chosen].min()) - 2, int(n[chosen].max()) + 2
+    t_keep = (t_flat.lengths >= lo_len) & (t_flat.lengths <= hi_len)
+    # sorted (hash, owner) keys: the top bits of the mixed hash above the owner's bits (a
+    # shorter hash only adds candidates; sorting plain keys is much faster than an argsort)
+    owner_bits = _U64(max(len(pending), len(targets.strings)).bit_length())
+    low = (_U64(1) << owner_bits) - _U64(1)
+
+    def keys(flat: _Flat, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        hashes, owner = _deletion_variants(flat, keep)
+        # the last character only reaches the low bits of a polynomial hash: mix them upwards
+        hashes = hashes ^ (hashes >> _U64(31))
+        hashes *= _MIX
+        hashes ^= hashes >> _U64(29)
+        key = np.sort((hashes & ~low) | owner.astype(_U64))
+        return key & ~low, (key & low).astype(np.int64)
+
+    t_hash, t_rank = keys(t_flat, t_keep)
+    s_hash, s_src = keys(s_flat, chosen)
+    lo = np.searchsorted(t_hash, s_hash, "left")
+    count = np.searchsorted(t_hash, s_hash, "right") - lo
+    # sources whose neighbourhoods match too much are left to the level search
+    per_source = np.bincount(s_src, weights=count, minlength=len(pending))
+    crowded = per_source > _TWO_MAX_MATCHES
+    ok = ~crowded[s_src] & (count > 0)
+    lo, count, src = lo[ok], count[ok], s_src[ok]
+    entry = np.repeat(lo - np.cumsum(count) + count, count) + np.arange(int(count.sum()))
+    size = len(targets.strings)
+    key = np.sort(np.repeat(src, count) * size + t_rank[entry])
+    key = key[_first_of_runs(key)]  # (source, rank) pairs, each once, in rank order
+    src, rank = key // size, key % size
+    found: dict[str, int] = {}
+    if key.size:
+        d = cpdist([pending[i] for i in src.tolist()], [targets.strings[r] for r in rank.tolist()],
+                   scorer=Levenshtein.distance, score_cutoff=2, dtype=np.int32, workers=workers)
+        hit = d <= 2
+        src, rank = src[hit], rank[hit]
+        first = _first_of_runs(src)
+        found = {pending[i]: r for i, r in zip(src[first].tolist(), rank[first].tolist(),
+                                                strict=True)}
+    beyond = chosen & ~crowded
+    beyond[src] = False
+    return found, beyond
+
+
 # --------------------------------------------------------------------------- distance ≥ 2
 
 
@@ -469,11 +574,13 @@ def _range_mask(lo: int, hi: int, w0: int, words: int) -> np.ndarray:
 
 
 class _LevelSearch:
-    """The search for the sources not resolved at distance ≤ 1 (module docstring, 5)."""
+    """The search for the sources not resolved at distance ≤ 1 or 2 (module docstring, 6)."""
 
     def __init__(self, rest: list[str], targets: _Targets, workers: int,
-                 index: _Index | None = None) -> None:
+                 index: _Index | None = None, beyond_two: np.ndarray | None = None) -> None:
         self.rest = rest
+        self.beyond_two = (np.zeros(len(rest), dtype=bool) if beyond_two is None
+                           else beyond_two)
         self.workers = workers
         self.index = index = _Index(targets) if index is None else index
         self.rest_obj = np.array(rest, dtype=object)
@@ -509,7 +616,7 @@ class _LevelSearch:
         lengths = np.flatnonzero(index.length_count)  # target lengths that exist
         gap = (np.abs(n[:, None] - lengths[None, :]).min(axis=1) if lengths.size
                else n)
-        level = np.maximum(np.maximum(self.base, gap), 2)
+        level = np.maximum(np.maximum(self.base, gap), np.where(self.beyond_two, 3, 2))
         self.first_level[:] = level
         todo = np.arange(len(self.rest), dtype=np.int64)
         while todo.size:
@@ -636,7 +743,8 @@ class _LevelSearch:
         rank below ``rank_end`` (every rank tier before rank_end has been searched at k)."""
         size = self.index.size
         memo = self.memo[sources]
-        done = (self.best_rank[sources] == _OPEN) & (memo >= k * size) & (memo < k * size + rank_end)
+        at_k = (memo >= k * size) & (memo < k * size + rank_end)
+        done = (self.best_rank[sources] == _OPEN) & at_k
         if done.any():
             self._resolve(sources[done], memo[done] - k * size)
 
@@ -770,7 +878,7 @@ class _LevelSearch:
 
 
 class _BitsetChunk:
-    """Sources of one length searched together with bit-sliced counters (module docstring, 5).
+    """Sources of one length searched together with bit-sliced counters (module docstring, 6).
 
     For each rank tier, ``planes[t][b, row, w]`` is bit b of the number of the row's features
     that the targets of word ``origin[t] + w`` lack; words are counted when a level's length
@@ -989,9 +1097,14 @@ def build_vocab_map(source: Sequence[str], target: Sequence[str], *, workers: in
         index = side.submit(_Index, targets)
         best = _distance_one(keys, targets, workers)
         rest = [k for k in keys if k not in best]
+        two, beyond = _distance_two(rest, targets, workers)
+        best.update(two)
+        if two:
+            beyond = beyond[[k not in two for k in rest]]
+            rest = [k for k in rest if k not in two]
         if rest:
             bar = _progress_bar(len(rest), progress)
-            best.update(_LevelSearch(rest, targets, workers, index.result()).run(bar))
+            best.update(_LevelSearch(rest, targets, workers, index.result(), beyond).run(bar))
             if bar is not None:
                 bar.close()
     final = dict(rank_of)
