@@ -74,7 +74,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -134,6 +134,7 @@ class _Targets:
     rank_of: string → rank.
     lengths: length of each string, by rank (int64).
     alphabet: every character that occurs in a target string.
+    flat: the strings as code points (:func:`_flat`), shared by the searches.
     """
 
     strings: list[str]
@@ -141,6 +142,7 @@ class _Targets:
     rank_of: dict[str, int]
     lengths: np.ndarray
     alphabet: frozenset[str]
+    flat: _Flat
 
 
 def _prepare_targets(target: Sequence[str]) -> _Targets:
@@ -151,7 +153,7 @@ def _prepare_targets(target: Sequence[str]) -> _Targets:
     ids = np.fromiter((smallest[s] for s in strings), dtype=np.int64, count=len(strings))
     rank_of = {s: r for r, s in enumerate(strings)}
     lengths = np.fromiter(map(len, strings), dtype=np.int64, count=len(strings))
-    return _Targets(strings, ids, rank_of, lengths, frozenset("".join(strings)))
+    return _Targets(strings, ids, rank_of, lengths, frozenset("".join(strings)), _flat(strings))
 
 
 def _unused_character(used: set[str] | frozenset[str]) -> str:
@@ -183,6 +185,7 @@ class _Flat:
     """Strings as one array of code points: string i is ``codes[start[i]:start[i] + lengths[i]]``.
 
     owner: the string of each code point; offset: its position in that string.
+    memo: hashes computed from it (see :func:`_prefix_hashes`, :func:`_variant_hashes`).
     """
 
     codes: np.ndarray
@@ -190,6 +193,7 @@ class _Flat:
     lengths: np.ndarray
     owner: np.ndarray
     offset: np.ndarray
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 def _flat(strings: Sequence[str]) -> _Flat:
@@ -224,6 +228,8 @@ def _powers(count: int) -> np.ndarray:
 def _prefix_hashes(flat: _Flat) -> tuple[np.ndarray, np.ndarray]:
     """Polynomial hashes of every prefix of every string: ``prefix[slot[i] + j]`` hashes the
     first j characters of string i (j = 0 … len; a character counts as its code + 1)."""
+    if "prefix" in flat.memo:
+        return flat.memo["prefix"]
     n_str = flat.lengths.size
     max_len = int(flat.lengths.max(initial=0))
     prefix = np.zeros(flat.codes.size + n_str, dtype=_U64)
@@ -235,6 +241,7 @@ def _prefix_hashes(flat: _Flat) -> tuple[np.ndarray, np.ndarray]:
         live = by_length[:count_longer[j]]  # strings longer than j
         at = slot[live] + j
         prefix[at + 1] = prefix[at] * _BASE + digits[flat.start[live] + j]
+    flat.memo["prefix"] = prefix, slot
     return prefix, slot
 
 
@@ -245,6 +252,8 @@ def _variant_hashes(flat: _Flat) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     code point's position, in the order of ``flat.codes``. A masked position counts as code 0
     (real characters count as code + 1), so masked variants differ from every plain string.
     """
+    if "variants" in flat.memo:
+        return flat.memo["variants"]
     powers = _powers(int(flat.lengths.max(initial=0)) + 1)
     prefix, slot = _prefix_hashes(flat)
     length = flat.lengths
@@ -259,6 +268,7 @@ def _variant_hashes(flat: _Flat) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     tail = whole - after * powers[tail_len]
     deleted = (head * powers[tail_len] + tail) ^ ((own_len - 1).astype(_U64) * _SALT)
     masked = (head * powers[tail_len + 1] + tail) ^ (own_len.astype(_U64) * _SALT)
+    flat.memo["variants"] = exact, deleted, masked
     return exact, deleted, masked
 
 
@@ -297,7 +307,7 @@ def _distance_one(pending: Sequence[str], targets: _Targets, workers: int) -> di
     if not pending:
         return {}
     none = len(targets.strings)
-    t_flat, s_flat = _flat(targets.strings), _flat(pending)
+    t_flat, s_flat = targets.flat, _flat(pending)
     t_exact, t_deleted, t_masked = _variant_hashes(t_flat)
     s_exact, s_deleted, s_masked = _variant_hashes(s_flat)
     t_rank = np.arange(none, dtype=np.int64)
@@ -389,7 +399,7 @@ def _distance_two(pending: Sequence[str], targets: _Targets, workers: int
     chosen = n >= _TWO_MIN_LENGTH
     if not chosen.any():
         return {}, none
-    s_flat, t_flat = _flat(pending), _flat(targets.strings)
+    s_flat, t_flat = _flat(pending), targets.flat
     lo_len, hi_len = int(n[chosen].min()) - 2, int(n[chosen].max()) + 2
     t_keep = (t_flat.lengths >= lo_len) & (t_flat.lengths <= hi_len)
     # sorted (hash, owner) keys: the top bits of the mixed hash above the owner's bits (a
@@ -483,7 +493,7 @@ class _Index:
         self.start_rows = self.start.tolist()
         self.length_count = np.bincount(lengths, minlength=max_length + 1)
         self.length_cum = np.concatenate([[0], np.cumsum(self.length_count)])
-        flat = _flat(targets.strings)
+        flat = targets.flat
         codes = _feature_codes(flat)
         order = np.argsort(codes, kind="stable")
         sorted_codes = codes[order]
@@ -791,7 +801,7 @@ class _LevelSearch:
             s, r = src[sel], rank[sel]
             runs = np.flatnonzero(_first_of_runs(s))  # s is sorted
             self.checked[s[runs]] += np.diff(np.append(runs, s.size))
-            d = cpdist(self.rest_obj[s].tolist(), self.target_obj[r].tolist(),
+            d = cpdist(self.rest_obj[s], self.target_obj[r],
                        scorer=Levenshtein.distance, dtype=np.int32,
                        workers=((self.workers if workers is None else workers)
                                 if s.size >= _PARALLEL_PAIRS else 1))
