@@ -416,8 +416,10 @@ def _distance_two(pending: Sequence[str], targets: _Targets, workers: int
         key = np.sort((hashes & ~low) | owner.astype(_U64))
         return key & ~low, (key & low).astype(np.int64)
 
-    t_hash, t_rank = keys(t_flat, t_keep)
-    s_hash, s_src = keys(s_flat, chosen)
+    with ThreadPoolExecutor(1) as side:  # numpy releases the GIL while it sorts
+        target_keys = side.submit(keys, t_flat, t_keep)
+        s_hash, s_src = keys(s_flat, chosen)
+        t_hash, t_rank = target_keys.result()
     lo = np.searchsorted(t_hash, s_hash, "left")
     count = np.searchsorted(t_hash, s_hash, "right") - lo
     # sources whose neighbourhoods match too much are left to the level search
