@@ -766,7 +766,8 @@ class _LevelSearch:
                 ) -> None:
         """Check candidate pairs (none within k - 1, all in one rank tier that no earlier tier
         resolved); a source with a target within k takes the smallest such rank. Each source's
-        candidates are checked in rank order, a few at a time, up to its first hit."""
+        candidates are checked in rank order, a few at a time, up to its first hit; their exact
+        distances update the source's smallest verified (distance, rank), ``memo``."""
         index = self.index
         size = index.size
         # open, and not after the best verified candidate when that one is at distance k
