@@ -11,11 +11,11 @@ import logging
 from fedmkt.federation.manager import RunManager
 from fedmkt.federation.store import RunStore
 from fedmkt.wire.v1 import controller_pb2, controller_pb2_grpc
-from services.aligner.main import wait_for_signal
 from services.common import add_health_and_reflection, bind, build_server, configure_logging
 from services.controller.clients import check_endpoints, connect
 from services.controller.grpc_service import ControllerServicer
 from services.settings import ControllerSettings
+from services.signals import StopSignal
 
 log = logging.getLogger("fedmkt.controller")
 
@@ -66,6 +66,7 @@ def serve(settings: ControllerSettings) -> None:
     configure_logging(settings.log_level, settings.log_json)
     process = ControllerProcess(settings)
     process.start()
+    stop = StopSignal()  # before READY: a SIGTERM from then on stops the service cleanly
     print(f"READY controller grpc={process.grpc_port}", flush=True)
-    wait_for_signal()
+    stop.wait()
     process.stop()

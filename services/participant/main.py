@@ -96,11 +96,12 @@ class ParticipantProcess:
 
 
 def serve(settings: ParticipantSettings, config: ParticipantConfig) -> None:
-    from services.aligner.main import wait_for_signal
+    from services.signals import StopSignal
 
     configure_logging(settings.log_level, settings.log_json)
     process = ParticipantProcess(settings, config)
     process.start()
+    stop = StopSignal()  # before READY: a SIGTERM from then on stops the service cleanly
     print(f"READY {config.name} grpc={process.grpc_port}", flush=True)
-    wait_for_signal()
+    stop.wait()
     process.stop()
