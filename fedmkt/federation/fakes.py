@@ -321,6 +321,7 @@ class FakeAligner:
         self.registered: set[str] = set()
         self.prepared: set[tuple[str, str]] = set()
         self.streams = 0
+        self._failures = 0  # align_knowledge streams refused by ("unavailable_times", n)
 
     def ensure_tokenizer(self, fingerprint: str, tokenizer: str, opts: CallOptions) -> str:
         opts.check()
@@ -352,6 +353,10 @@ class FakeAligner:
             action = self.script.action("align_knowledge", -1)
             if action is not None and action[0] == "unavailable":
                 raise Unreachable("aligner", "connection refused (scripted)")
+            if action is not None and action[0] == "unavailable_times":  # a restart
+                if self._failures < int(action[1]):
+                    self._failures += 1
+                    raise Unreachable("aligner", "connection refused (restarting, scripted)")
             yield from self._project(config, requests, opts)
             ok = True
         finally:

@@ -6,7 +6,9 @@ step is written to the store (with wall and compute seconds, metrics, artefact d
 the next one starts, and a resumed run skips every step the store holds, so a crash loses at
 most the steps that were in flight. Each call carries the step's deadline: a client that misses
 it (or cannot be reached) is dropped from the rest of that round, with an event saying so, as
-long as ``quorum.min_clients`` clients remain; otherwise the run fails. A failure of the server
+long as ``quorum.min_clients`` clients remain; otherwise the run fails. While the server or the
+aligner is unreachable (a restart) a step, the server's knowledge fan-out included, is tried
+again with backoff for ``deadlines.retry_unavailable`` seconds; any other failure of the server
 or the aligner fails the run.
 """
 
@@ -326,8 +328,7 @@ class RunExecutor:
         self._emit(ev.STEP_STARTED, round=step.round, step=step.name,
                    participant=step.participant)
         started_wall, started = time.time(), time.perf_counter()
-        retry_until = time.monotonic() + self.config.deadlines.retry_unavailable
-        delay = 1.0
+        retry = RetryWindow(self.config.deadlines.retry_unavailable)
         while True:
             try:
                 outcome = self._with_watchdog(lambda o=opts: self._dispatch(step, o), opts)
@@ -335,15 +336,14 @@ class RunExecutor:
             except Unreachable as exc:
                 # The server or the aligner restarting: every step is idempotent, so wait and
                 # run it again. (An unreachable client is dropped from the round instead.)
-                if exc.who in self._client_names or time.monotonic() + delay > retry_until:
+                if exc.who in self._client_names:
                     raise
-                self._emit(ev.ERROR, round=step.round, step=step.name,
-                           participant=step.participant,
-                           message=f"{exc.who} unreachable during {step.name}; retrying in "
-                                   f"{delay:.0f} s: {exc.detail}")
-                if scope.wait(delay):
+                wait = retry.next_wait()
+                if wait is None:
                     raise
-                delay = min(delay * 2, 30.0)
+                self._emit_retry(step.round, step.name, step.participant, exc, wait)
+                if scope.wait(wait):
+                    raise
                 opts = CallOptions.within(opts.who, seconds, scope)
         wall = time.perf_counter() - started
         return self._complete(step, outcome, started_wall, wall)
@@ -468,7 +468,49 @@ class RunExecutor:
         return _pipe_outcome(result, server)
 
     def _run_fan_out(self, phase: pl.Phase, lanes: list[pl.Lane]) -> list[LaneOutcome]:
-        """Steps 5–6: the server's knowledge computed once, fanned out to every client."""
+        """Steps 5–6: the server's knowledge computed once, fanned out to every client.
+
+        While the server or the aligner is unreachable (a restart) the fan-out is tried again,
+        with backoff, for the clients it has not reached yet, for up to
+        ``deadlines.retry_unavailable`` seconds (every step is idempotent); an unreachable
+        client is dropped instead."""
+        outcomes: dict[str, LaneOutcome] = {}
+        pending = list(lanes)
+        retry = RetryWindow(self.config.deadlines.retry_unavailable)
+        while pending:
+            result, failed = self._fan_out_once(phase, pending, outcomes)
+            retryable = {name: error for name, error in failed.items()
+                         if self._retryable(name, error)}
+            for name, error in failed.items():
+                if name not in retryable:
+                    outcomes[name] = LaneOutcome(name, error=error)
+            if not retryable:
+                break
+            error = result.source_error or next(iter(retryable.values()))
+            wait = retry.next_wait()
+            if wait is None:
+                if result.source_error is not None:
+                    raise RunFailed(f"round {phase.round}: the server's knowledge stream "
+                                    f"failed: {result.source_error}") from result.source_error
+                for name, error in retryable.items():
+                    outcomes[name] = LaneOutcome(name, error=error)
+                break
+            self._emit_retry(phase.round, pl.SERVER_KNOWLEDGE, "", error, wait)
+            if self.scope.wait(wait):
+                raise RunCancelled(self.scope.reason or "cancelled")
+            pending = [lane for lane in pending if lane.participant in retryable]
+        return [outcomes[lane.participant] for lane in lanes]
+
+    def _retryable(self, participant: str, error: BaseException) -> bool:
+        """An unreachable server or aligner (not the client itself) during the fan-out."""
+        return (isinstance(error, Unreachable) and error.who != participant
+                and error.who not in self._client_names)
+
+    def _fan_out_once(self, phase: pl.Phase, lanes: list[pl.Lane],
+                      outcomes: dict[str, LaneOutcome]
+                      ) -> tuple[FanOutResult, dict[str, BaseException]]:
+        """One try of the fan-out to ``lanes``: records each delivered step (its outcome in
+        ``outcomes``) and returns the failures by client."""
         server = self.config.server.name
         seconds = self.config.deadlines.seconds(pl.SERVER_KNOWLEDGE)
         total = self.described[server].public_samples
@@ -496,27 +538,38 @@ class RunExecutor:
                 scope.close()
         if result.source_error is not None:
             self._check_cancel()
-            raise RunFailed(f"round {phase.round}: the server's knowledge stream failed: "
-                            f"{result.source_error}") from result.source_error
+            if not (isinstance(result.source_error, Unreachable)
+                    and self._retryable("", result.source_error)):
+                raise RunFailed(f"round {phase.round}: the server's knowledge stream failed: "
+                                f"{result.source_error}") from result.source_error
+            return result, {lane.participant: result.source_error for lane in lanes}
         wall = time.perf_counter() - started
-        outcomes, work_counted = [], False
+        failed: dict[str, BaseException] = {}
+        work_counted = False  # the source's model work of this try, counted once
         for lane in lanes:
-            outcome = LaneOutcome(lane.participant)
             if lane.participant in result.failures:
                 error = result.failures[lane.participant]
                 if (isinstance(error, CallCancelled) and not self.scope.cancelled
                         and scopes[lane.participant].cancelled):
                     error = _deadline(lane.participant)
-                outcome.error = error
+                failed[lane.participant] = error
             else:
                 record = self._complete(lane.steps[0],
                                         _pipe_outcome(result, lane.participant,
                                                       with_work=not work_counted),
                                         started_wall, wall)
                 work_counted = True
-                outcome.compute = _compute_of(record)
-            outcomes.append(outcome)
-        return outcomes
+                outcomes[lane.participant] = LaneOutcome(lane.participant,
+                                                         compute=_compute_of(record))
+        return result, failed
+
+    def _emit_retry(self, round_index: int, step: str, participant: str,
+                    error: BaseException, wait: float) -> None:
+        who = getattr(error, "who", "?")
+        detail = getattr(error, "detail", error)
+        self._emit(ev.ERROR, round=round_index, step=step, participant=participant,
+                   message=f"{who} unreachable during {step}; retrying in {wait:.1f} s: "
+                           f"{detail}")
 
     # ------------------------------------------------------------------ fedavg
     def _fedavg(self, step: pl.Step, opts: CallOptions) -> StepOutcome:
@@ -540,6 +593,31 @@ class RunExecutor:
                            artefacts={"average_digest": digest,
                                       "inputs": {n: blobs[n].digest for n in live},
                                       "pushed": pushed})
+
+
+class RetryWindow:
+    """Backoff while the server or the aligner is unreachable: waits of 1, 2, 4 … (at most 30)
+    seconds for ``seconds`` from the first failure, the last wait shortened to end when the
+    window does, so that the last try is made at its end; ``None`` once it is used up."""
+
+    def __init__(self, seconds: float, *, first: float = 1.0, cap: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self._delay = first
+        self._cap = cap
+        self._clock = clock
+        self._until: float | None = None
+
+    def next_wait(self) -> float | None:
+        now = self._clock()
+        if self._until is None:
+            self._until = now + self.seconds
+        remaining = self._until - now
+        if remaining <= 1e-3:
+            return None
+        wait = min(self._delay, remaining)
+        self._delay = min(self._delay * 2, self._cap)
+        return wait
 
 
 def _deadline(who: str) -> CallFailed:
