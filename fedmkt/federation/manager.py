@@ -5,9 +5,9 @@
 clients) of a run: gRPC clients in the controller service, in-process fakes in tests.
 
 Starting a run whose id is already in the store resumes it from its last completed step if it
-did not succeed (the config must describe the same federation; endpoints, deadlines and TLS may
-change), and returns it unchanged if it did. ``resume_interrupted()`` picks up every run that
-was running when the controller stopped.
+did not succeed (the config must describe the same federation; endpoints, deadlines, quorum,
+TLS, the aligner and max_parallel may change), and returns it unchanged if it did.
+``resume_interrupted()`` picks up every run that was running when the controller stopped.
 """
 
 from __future__ import annotations
@@ -40,7 +40,10 @@ from fedmkt.federation.store import (
 log = logging.getLogger("fedmkt.controller")
 
 Connector = Callable[[FederationConfig], Connections]
-OPERATIONAL_FIELDS = {"deadlines", "tls", "aligner", "max_parallel"}
+# What a resumed run may change: how it is run, not what it computes. ``quorum`` only decides
+# whether a round counts with the clients it has (a run that lost its quorum may be resumed
+# with a smaller one); completed steps do not depend on it.
+OPERATIONAL_FIELDS = {"deadlines", "tls", "aligner", "max_parallel", "quorum"}
 
 
 @dataclass

@@ -112,6 +112,7 @@ class RunExecutor:
             marker = pl.Step(round_index, pl.ROUND_DONE)
             if marker in self.done:
                 continue
+            self._second_chance(round_index)
             clock = RoundClock()
             for phase in self.plan.phases_of(round_index):
                 self._run_phase(phase, clock)
@@ -203,8 +204,27 @@ class RunExecutor:
             message=f"{len(seen)} vocabulary maps ready")
 
     # ------------------------------------------------------------------ phases
+    def _second_chance(self, round_index: int) -> None:
+        """A resumed run whose unfinished round had lost its quorum: forget that round's drops,
+        so that the dropped clients' steps are tried again (before, the drops persisted and
+        every resume failed again). While the quorum holds the drops stay, so that a resumed
+        run does what an undisturbed one did."""
+        dropped = self.store.dropped(self.run_id, round_index)
+        if not dropped or (len(self._client_names) - len(dropped)
+                           >= self.config.quorum.min_clients):
+            return
+        self.store.clear_drops(self.run_id, round_index)
+        names = ", ".join(sorted(dropped))
+        log.info("%s: round %d lost its quorum before; trying %s again", self.run_id,
+                 round_index, names)
+        self._emit(ev.METRICS, round=round_index, step="resume",
+                   message=f"round {round_index} had lost its quorum (dropped: {names}); "
+                           "the resumed run tries these clients again")
+
     def _run_phase(self, phase: pl.Phase, clock: RoundClock) -> None:
         self._check_cancel()
+        # a round already below its quorum runs (and records) nothing more
+        self._check_quorum(phase.round)
         dropped = self.store.dropped(self.run_id, phase.round)
         lanes = [lane for lane in phase.lanes
                  if lane.participant not in dropped

@@ -215,6 +215,11 @@ class RunStore:
             db.execute("INSERT OR IGNORE INTO drops VALUES (?, ?, ?, ?, ?)",
                        (run_id, round_index, participant, step, reason))
 
+    def clear_drops(self, run_id: str, round_index: int) -> None:
+        """Forget the drops of one round (a resumed run gives those clients another chance)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM drops WHERE run_id = ? AND round = ?", (run_id, round_index))
+
     def dropped(self, run_id: str, round_index: int) -> dict[str, str]:
         rows = self._query("SELECT participant, reason FROM drops WHERE run_id = ? AND round = ?",
                            (run_id, round_index))
