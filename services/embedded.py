@@ -7,7 +7,8 @@ controller (``fedmkt serve controller``) and one participant process per entry o
 renders its events live, fetches the adapters, then runs the **baseline** (knowledge transfer
 off) on fresh participant processes with their own state directories, and on those processes the
 **ablation** (the baseline with the clients also trained on the public data by CE: the data
-FedMKT distils on, without the knowledge), and writes
+FedMKT distils on, without the knowledge) and, for a homogeneous federation with ``fedavg``, the
+**FedAvg** baseline (the clients' adapters averaged after local training), and writes
 ``runs/<run>/``: ``report.md``, ``metrics.json``, ``metrics.png``, ``adapters/``, ``logs/``,
 ``events.jsonl`` and the state of every service. The code paths are those of a docker-compose
 or Kubernetes deployment; only the process manager differs.
@@ -268,7 +269,7 @@ class EmbeddedRun:
                      rounds=self.config.rounds, started_at=time.time(), pid=os.getpid(),
                      resumed=resumed)
         started = time.perf_counter()
-        fedmkt = baseline = ablation = None
+        fedmkt = baseline = ablation = fedavg = None
         adapters: dict[str, dict[str, Any]] = {}
         startup = 0.0
         try:
@@ -292,6 +293,9 @@ class EmbeddedRun:
                         # the ablation on the same processes (another run id: its own state)
                         ablation = self._execute(base_dep, self.ablation_config(),
                                                  f"{self.run_id}-ablation", "ablation")
+                    if baseline.state == "succeeded" and self.config.fedavg:
+                        fedavg = self._execute(base_dep, self.fedavg_config(),
+                                               f"{self.run_id}-fedavg", "fedavg")
                     self.services.stop(base_dep.processes, self.stop_grace)
         except KeyboardInterrupt:
             self._status(state="interrupted", finished_at=time.time())
@@ -305,11 +309,13 @@ class EmbeddedRun:
             self.config,
             fedmkt or RunOutcome(self.run_id, "failed", "did not start"),
             baseline, startup_seconds=startup,
-            total_seconds=time.perf_counter() - started, adapters=adapters, ablation=ablation)
+            total_seconds=time.perf_counter() - started, adapters=adapters, ablation=ablation,
+            fedavg=fedavg)
         paths = write_report(self.run_dir, summary)
         self._status(state=fedmkt.state if fedmkt else "failed",
                      baseline_state=baseline.state if baseline else None,
                      ablation_state=ablation.state if ablation else None,
+                     fedavg_state=fedavg.state if fedavg else None,
                      finished_at=time.time(), report=str(paths["report"]))
         return summary
 
@@ -325,6 +331,12 @@ class EmbeddedRun:
         knowledge (the LLM's part is its baseline's, reused from the memo)."""
         return self.baseline_config().model_copy(update={
             "name": f"{self.config.name}-ablation"[:63], "client_public_ce": True})
+
+    def fedavg_config(self) -> FederationConfig:
+        """Homogeneous federations with ``fedavg``: the baseline with the clients' adapters
+        averaged after their local training (FedAvg without the LLM's knowledge)."""
+        return self.baseline_config().model_copy(update={
+            "name": f"{self.config.name}-fedavg"[:63], "fedavg": True})
 
     # -- services -----------------------------------------------------------------------
     def _fedmkt(self, *args: str) -> list[str]:

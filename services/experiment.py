@@ -25,13 +25,16 @@ from fedmkt.federation.experiment import Entry, load_experiment, render_results
 log = logging.getLogger("fedmkt.experiment")
 
 
-def finished_summary(run_dir: Path) -> dict[str, Any] | None:
-    """The summary of an entry whose FedMKT, baseline and ablation runs all succeeded."""
+def finished_summary(run_dir: Path, *, fedavg: bool = False) -> dict[str, Any] | None:
+    """The summary of an entry whose FedMKT, baseline and ablation runs (and FedAvg run, for a
+    federation with ``fedavg``) all succeeded."""
     try:
         summary = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    states = (summary.get("state"), summary.get("baseline_state"), summary.get("ablation_state"))
+    states = [summary.get("state"), summary.get("baseline_state"), summary.get("ablation_state")]
+    if fedavg:
+        states.append(summary.get("fedavg_state"))
     return summary if all(s == "succeeded" for s in states) else None
 
 
@@ -50,7 +53,7 @@ def run_experiment(spec_path: Path, runs_dir: Path, out: Path, *, command: str,
     summaries: dict[str, dict[str, Any]] = {}
     for index, entry in enumerate(entries, 1):
         head = f"[{index}/{len(entries)}] {entry.run_id}"
-        done = finished_summary(runs_dir / entry.run_id)
+        done = finished_summary(runs_dir / entry.run_id, fedavg=entry.config.fedavg)
         if done is not None:
             say(f"{head}: finished earlier, {done['overhead']['total_seconds'] / 60:.1f} min")
             summaries[entry.run_id] = done
@@ -59,7 +62,7 @@ def run_experiment(spec_path: Path, runs_dir: Path, out: Path, *, command: str,
         config_path.write_text(entry.config.to_yaml(), encoding="utf-8")
         say(f"{head}: running ({entry.study.name}, seed {entry.seed})")
         summary = run_entry(entry, config_path, runs_dir)
-        if finished_summary(runs_dir / entry.run_id) is None:
+        if finished_summary(runs_dir / entry.run_id, fedavg=entry.config.fedavg) is None:
             raise RuntimeError(f"{entry.run_id} did not finish all its runs (see "
                                f"{runs_dir / entry.run_id / 'report.md'}); run the same "
                                "command again to resume it")

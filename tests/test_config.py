@@ -198,6 +198,17 @@ def test_ablation_plan_gives_clients_public_ce_and_only_baselines_have_it() -> N
         parse_federation_config(yaml.safe_dump({**base(), "client_public_ce": True}))
 
 
+def test_fedavg_baseline_plan_averages_after_local_training() -> None:
+    data = {**base(), "scenario": "homogeneous", "fedavg": True, "transfer": False,
+            "zero_shot": False}
+    for p in data["participants"][1:]:
+        p["model"] = "tiny-gpt2"
+    plan = build_plan(parse_federation_config(yaml.safe_dump(data)))
+    assert [p.name for p in plan.phases_of(1)] == [
+        "client_update", "server_distill", "fedavg", "evaluate"]
+    assert not any(s.name.endswith("_knowledge") for s in plan.steps)
+
+
 def test_llm_to_slm_never_trains_the_llm_and_homogeneous_averages() -> None:
     data = base()
     data["scenario"] = "llm_to_slm"

@@ -302,3 +302,40 @@ def json_load(path: Path) -> dict:
     import json
 
     return json.loads(path.read_text())
+
+
+def test_report_of_a_homogeneous_federation_has_the_fedavg_baseline(tmp_path) -> None:
+    from fedmkt.config import parse_federation_config
+    from fedmkt.federation.fakes import fake_federation
+    from fedmkt.federation.manager import RunManager
+    from fedmkt.federation.report import RunOutcome, render_markdown, summarize
+    from fedmkt.federation.store import RunStore
+
+    data = {"name": "homog", "rounds": 1, "scenario": "homogeneous", "fedavg": True,
+            "task": {"name": "rte"},
+            "participants": [{"name": "llm", "role": "server", "model": "m"},
+                             {"name": "c1", "role": "client", "model": "s"},
+                             {"name": "c2", "role": "client", "model": "s"}]}
+    config = parse_federation_config(yaml.safe_dump(data))
+    baseline = config.model_copy(update={"transfer": False, "zero_shot": False,
+                                         "fedavg": False})
+    runs = {"fed": config, "fed-baseline": baseline,
+            "fed-fedavg": baseline.model_copy(update={"fedavg": True})}
+    store = RunStore(tmp_path / "c.db")
+    outcomes = {}
+    for run_id, cfg in runs.items():
+        fakes = fake_federation(cfg)
+        manager = RunManager(store, lambda c, f=fakes: f.connections())
+        manager.start(cfg.to_yaml(), run_id)
+        record = manager.wait(run_id, 60)
+        assert record.state == "succeeded", record.error
+        outcomes[run_id] = RunOutcome(run_id, record.state, record.error,
+                                      store.events(run_id, limit=100_000), 1.0)
+    assert any(s.name == "fedavg" for s in store.completed_steps("fed-fedavg"))
+    summary = summarize(config, outcomes["fed"], outcomes["fed-baseline"],
+                        fedavg=outcomes["fed-fedavg"])
+    rows = {row["participant"]: row for row in summary["comparison"]}
+    assert rows["c1"]["fedavg"] is not None and rows["llm"]["fedavg"] is None
+    assert rows["c1"]["vs_fedavg"]["n"] == 20 and "vs_fedavg" not in rows["llm"]
+    report = render_markdown(summary)
+    assert "| FedAvg |" in report and "vs FedAvg" in report

@@ -13,7 +13,8 @@ one or more partition seeds::
         config: one_to_one.yaml
         overrides: {rounds: 1}
 
-Every (study, seed) is one ``fedmkt run`` (FedMKT, baseline and ablation runs) with the run id
+Every (study, seed) is one ``fedmkt run`` (FedMKT, baseline and ablation runs, and a FedAvg run
+for a federation with ``fedavg``) with the run id
 ``<experiment>-<study>-s<seed>``, so an interrupted experiment resumes where it stopped and
 finished entries are not run again. ``render_results`` turns the runs' summaries into the
 results document: per study and model the zero-shot, baseline, ablation and FedMKT numbers per
@@ -114,7 +115,7 @@ def load_experiment(path: Path) -> tuple[ExperimentSpec, list[Entry]]:
 # --------------------------------------------------------------------------- pooled statistics
 
 ARMS = (("baseline", "baseline"), ("ablation", "private + public CE, no KD"),
-        ("zero_shot", "zero-shot"))
+        ("fedavg", "FedAvg"), ("zero_shot", "zero-shot"))
 
 
 def _last(rounds: dict[str, Any], positive: bool = True) -> SampleOutcomes | None:
@@ -180,26 +181,33 @@ def study_section(entries: Sequence[Entry], summaries: Sequence[dict[str, Any]])
     lines += [f"Scenario {config.scenario}, task {config.task.name}, {config.rounds} round(s); "
               f"seeds {', '.join(str(e.seed) for e in entries)}; held-out {metric}. Runs: "
               + ", ".join(f"`{e.run_id}`" for e in entries) + ".", ""]
+    fedavg = all(s.get("fedavg_run_id") for s in summaries)
+    arms = [(arm, what) for arm, what in ARMS if arm != "fedavg" or fedavg]
     lines += ["| model | role | seed | zero-shot | baseline | private + public CE, no KD | "
-              "FedMKT |", "|---|---|---|---|---|---|---|"]
+              + ("FedAvg | " if fedavg else "") + "FedMKT |",
+              "|---|---|---|---|---|---|" + ("---|" if fedavg else "") + "---|"]
     for entry, summary in zip(entries, summaries, strict=True):
         for row in summary["comparison"]:
-            ablation = "= baseline" if row["role"] == "server" else _fmt(row.get("ablation"))
+            server = row["role"] == "server"
+            extra = ["= baseline" if server else _fmt(row.get("ablation"))]
+            if fedavg:
+                extra.append("= baseline" if server else _fmt(row.get("fedavg")))
             lines.append(f"| {row['participant']} ({row['model']}) | {row['role']} | "
                          f"{entry.seed} | {_fmt(row['zero_shot'])} | {_fmt(row['baseline'])} "
-                         f"({row['baseline_kind']}) | {ablation} | {_fmt(row['fedmkt'])} |")
+                         f"({row['baseline_kind']}) | " + " | ".join(extra)
+                         + f" | {_fmt(row['fedmkt'])} |")
     lines += ["", "FedMKT minus each baseline, all seeds' held-out samples pooled (95 % paired "
               "bootstrap); the verdict comes from the interval:", "",
-              "| model | vs baseline | vs private + public CE, no KD | vs zero-shot |",
-              "|---|---|---|---|"]
+              "| model | " + " | ".join(f"vs {what}" for _, what in arms) + " |",
+              "|---|" + "---|" * len(arms)]
     for row in summaries[0]["comparison"]:
         name = row["participant"]
         if row.get("note"):
-            lines.append(f"| {name} | {row['note']} | | |")
+            lines.append(f"| {name} | {row['note']} |" + " |" * (len(arms) - 1))
             continue
         cells = []
-        for arm, _ in ARMS:
-            if arm == "ablation" and row["role"] == "server":
+        for arm, _ in arms:
+            if arm in ("ablation", "fedavg") and row["role"] == "server":
                 cells.append("= vs baseline")
                 continue
             cells.append(_interval(pooled_difference(summaries, name, arm, metric)))

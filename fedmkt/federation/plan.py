@@ -14,8 +14,9 @@ One round of the full plan::
 Round 0 holds a single ``evaluate`` phase: the zero-shot numbers. The **LLM→SLM only** scenario
 drops ``client_knowledge`` and ``server_distill``; a **baseline** plan (knowledge transfer off)
 keeps only ``train_local``, the server's ``distill`` (no teacher staged: CE on public data) and
-``evaluate``; the **ablation** plan (``client_public_ce``) also gives the clients their
-``distill`` step, CE on the public data without knowledge. A step is identified by ``(round, name,
+``evaluate``; the **ablation** plan (``client_public_ce``) also gives the clients their ``distill``
+step, CE on the public data without knowledge; the **FedAvg baseline** (``fedavg`` without transfer)
+averages the clients' adapters after their local training. A step is identified by ``(round, name,
 participant)``; that key is what the run store records as done, so a resumed run skips exactly the
 completed steps.
 """
@@ -123,8 +124,11 @@ def build_plan(config: FederationConfig, *, transfer: bool | None = None,
             phases.append(Phase(r, "client_distill", _lanes(clients, r, DISTILL)))
             if config.fedavg:
                 phases.append(Phase(r, FEDAVG, (Lane("", (Step(r, FEDAVG),)),)))
-        elif config.client_public_ce:  # the ablation: public CE instead of distillation
-            phases.append(Phase(r, "client_distill", _lanes(clients, r, DISTILL)))
+        else:
+            if config.client_public_ce:  # the ablation: public CE instead of distillation
+                phases.append(Phase(r, "client_distill", _lanes(clients, r, DISTILL)))
+            if config.fedavg:  # the FedAvg baseline: the clients' adapters averaged, no LLM
+                phases.append(Phase(r, FEDAVG, (Lane("", (Step(r, FEDAVG),)),)))
         # An LLM that is never trained is evaluated once (round 0, else round 1).
         evaluated = everyone if server_trains or (r == 1 and not zero_shot) else clients
         phases.append(Phase(r, EVALUATE, _lanes(evaluated, r, EVALUATE)))

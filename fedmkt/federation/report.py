@@ -119,7 +119,8 @@ def _final(rounds: dict[int, dict[str, float]], metric: str, *, first: bool = Fa
 
 
 def comparison(config: FederationConfig, fedmkt: dict, baseline: dict, metric: str,
-               ablation: dict | None = None) -> list[dict[str, Any]]:
+               ablation: dict | None = None, fedavg: dict | None = None
+               ) -> list[dict[str, Any]]:
     rows = []
     for spec in config.participants:
         untrained = spec.role == "server" and config.scenario == Scenario.LLM_TO_SLM
@@ -134,10 +135,9 @@ def comparison(config: FederationConfig, fedmkt: dict, baseline: dict, metric: s
                 "public-only fine-tuning" if spec.role == "server"
                 else "standalone (private only)"),
             "baseline": None if base is None else base[1],
-            # clients only: the LLM's ablation is its baseline (public-only CE)
-            "ablation": None if spec.role == "server" or not ablation or _final(
-                ablation.get(spec.name, {}), metric) is None
-            else _final(ablation[spec.name], metric)[1],
+            # clients only: the LLM's ablation and FedAvg runs are its baseline (public CE)
+            "ablation": _client_final(spec, ablation, metric),
+            "fedavg": _client_final(spec, fedavg, metric),
             "fedmkt": None if fed is None else fed[1],
             "fedmkt_round": None if fed is None else fed[0],
         }
@@ -146,13 +146,22 @@ def comparison(config: FederationConfig, fedmkt: dict, baseline: dict, metric: s
     return rows
 
 
+def _client_final(spec: Any, evals: dict | None, metric: str) -> float | None:
+    if spec.role == "server" or not evals:
+        return None
+    final = _final(evals.get(spec.name, {}), metric)
+    return None if final is None else final[1]
+
+
 def summarize(config: FederationConfig, fedmkt: RunOutcome, baseline: RunOutcome | None, *,
               startup_seconds: float = 0.0, total_seconds: float = 0.0,
               adapters: dict[str, dict[str, Any]] | None = None,
-              ablation: RunOutcome | None = None) -> dict[str, Any]:
+              ablation: RunOutcome | None = None,
+              fedavg: RunOutcome | None = None) -> dict[str, Any]:
     evals = evaluations(fedmkt.events)
     base_evals = evaluations(baseline.events) if baseline is not None else {}
     ablation_evals = evaluations(ablation.events) if ablation is not None else {}
+    fedavg_evals = evaluations(fedavg.events) if fedavg is not None else {}
     metric = primary_metric({**evals, **base_evals})
     rounds = round_timings(fedmkt.events)
     setup = [e.metrics for e in fedmkt.events if e.kind == ev.METRICS and e.step == "setup"]
@@ -164,12 +173,14 @@ def summarize(config: FederationConfig, fedmkt: RunOutcome, baseline: RunOutcome
     round_wall = sum(r.get("wall_seconds", 0.0) for r in trained)
     round_compute = sum(r.get("compute_seconds", 0.0) for r in trained)
     pipes = [s for s in steps if "aligned_share" in s]
-    rows = comparison(config, evals, base_evals, metric, ablation_evals)
+    rows = comparison(config, evals, base_evals, metric, ablation_evals, fedavg_evals)
     per_sample = {"fedmkt": sample_outcomes(fedmkt.events),
                   "baseline": sample_outcomes(baseline.events) if baseline is not None else {},
-                  "ablation": sample_outcomes(ablation.events) if ablation is not None else {}}
+                  "ablation": sample_outcomes(ablation.events) if ablation is not None else {},
+                  "fedavg": sample_outcomes(fedavg.events) if fedavg is not None else {}}
     verdicts(rows, per_sample["fedmkt"], per_sample["baseline"], metric,
-             per_sample["ablation"] if ablation is not None else None)
+             per_sample["ablation"] if ablation is not None else None,
+             per_sample["fedavg"] if fedavg is not None else None)
     return {
         "run_id": fedmkt.run_id,
         "name": config.name,
@@ -184,12 +195,16 @@ def summarize(config: FederationConfig, fedmkt: RunOutcome, baseline: RunOutcome
         "ablation_run_id": ablation.run_id if ablation else None,
         "ablation_state": ablation.state if ablation else None,
         "ablation_error": ablation.error if ablation else None,
+        "fedavg_run_id": fedavg.run_id if fedavg else None,
+        "fedavg_state": fedavg.state if fedavg else None,
+        "fedavg_error": fedavg.error if fedavg else None,
         "metric": metric,
         "participants": {p.name: {"role": p.role, "model": p.model}
                          for p in config.participants},
         "evaluation": _json_rounds(evals),
         "baseline_evaluation": _json_rounds(base_evals),
         "ablation_evaluation": _json_rounds(ablation_evals),
+        "fedavg_evaluation": _json_rounds(fedavg_evals),
         "comparison": rows,
         # per run and participant: the per-sample outcomes of every evaluation (pooled
         # comparisons across runs, e.g. the seeds of an experiment)
@@ -208,6 +223,7 @@ def summarize(config: FederationConfig, fedmkt: RunOutcome, baseline: RunOutcome
             "fedmkt_wall_seconds": fedmkt.wall_seconds,
             "baseline_wall_seconds": baseline.wall_seconds if baseline else None,
             "ablation_wall_seconds": ablation.wall_seconds if ablation else None,
+            "fedavg_wall_seconds": fedavg.wall_seconds if fedavg else None,
             "total_seconds": total_seconds,
         },
         "alignment": {
@@ -269,11 +285,12 @@ def render_markdown(summary: dict[str, Any], plot_file: str | None = None) -> st
               f"Run state: **{summary['state']}**"
               + (f"; baseline run `{summary['baseline_run_id']}`: "
                  f"**{summary['baseline_state']}**" if summary["baseline_run_id"] else "") + "."]
-    if summary.get("ablation_run_id"):
-        lines[-1] = lines[-1][:-1] + (f"; ablation run `{summary['ablation_run_id']}`: "
-                                      f"**{summary['ablation_state']}**.")
+    for kind in ("ablation", "fedavg"):
+        if summary.get(f"{kind}_run_id"):
+            lines[-1] = lines[-1][:-1] + (f"; {kind} run `{summary[f'{kind}_run_id']}`: "
+                                          f"**{summary[f'{kind}_state']}**.")
     for key, what in (("error", "FedMKT run"), ("baseline_error", "baseline run"),
-                      ("ablation_error", "ablation run")):
+                      ("ablation_error", "ablation run"), ("fedavg_error", "FedAvg run")):
         if summary.get(key):
             lines += ["", f"> The {what} failed: {summary[key]}"]
     lines += ["", f"## Verdict ({metric} on the held-out split)", ""]
@@ -285,12 +302,16 @@ def render_markdown(summary: dict[str, Any], plot_file: str | None = None) -> st
     lines += ["Every number below was measured in this run (zero-shot: evaluation before round "
               "1; baselines: a separate run of the same federation with knowledge transfer "
               "switched off, on fresh participant processes).", ""]
+    with_fedavg = bool(summary.get("fedavg_run_id"))
     lines += ["| participant | role | model | zero-shot | baseline | private + public CE, no KD "
-              "| FedMKT | vs baseline | n |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              + ("| FedAvg " if with_fedavg else "") + "| FedMKT | vs baseline | n |",
+              "|---|---|---|---|---|---|" + ("---|" if with_fedavg else "") + "---|---|---|"]
     for row in summary["comparison"]:
         base = f"{_fmt(row['baseline'])} ({row['baseline_kind']})"
         ablation = "= baseline" if row["role"] == "server" else _fmt(row.get("ablation"))
+        if with_fedavg:
+            ablation += " | " + ("= baseline" if row["role"] == "server"
+                                 else _fmt(row.get("fedavg")))
         result = row.get("vs_baseline") or {"verdict": None, "reason": "not compared"}
         if result["verdict"] is None:
             against, n = f"no verdict ({result['reason']})", "—"

@@ -57,9 +57,11 @@ def _last(rounds: dict[int, SampleOutcomes]) -> SampleOutcomes | None:
 
 def verdicts(rows: list[dict[str, Any]], fedmkt: dict[str, dict[int, SampleOutcomes]],
              baseline: dict[str, dict[int, SampleOutcomes]], metric: str,
-             ablation: dict[str, dict[int, SampleOutcomes]] | None = None) -> None:
-    """Add ``vs_baseline``, ``vs_zero_shot`` and, for clients of a run with an ablation,
-    ``vs_ablation`` (private + public CE without KD) to each comparison row (in place)."""
+             ablation: dict[str, dict[int, SampleOutcomes]] | None = None,
+             fedavg: dict[str, dict[int, SampleOutcomes]] | None = None) -> None:
+    """Add ``vs_baseline``, ``vs_zero_shot`` and, for clients of a run with an ablation or a
+    FedAvg run, ``vs_ablation`` (private + public CE without KD) and ``vs_fedavg`` to each
+    comparison row (in place)."""
     for row in rows:
         name = row["participant"]
         mine = fedmkt.get(name, {})
@@ -71,6 +73,8 @@ def verdicts(rows: list[dict[str, Any]], fedmkt: dict[str, dict[int, SampleOutco
         row["vs_zero_shot"] = compare(final, mine.get(0), metric)
         if ablation is not None and row["role"] == "client":
             row["vs_ablation"] = compare(final, _last(ablation.get(name, {})), metric)
+        if fedavg is not None and row["role"] == "client":
+            row["vs_fedavg"] = compare(final, _last(fedavg.get(name, {})), metric)
 
 
 def _interval(result: dict[str, Any]) -> str:
@@ -92,6 +96,8 @@ def verdict_lines(summary: dict[str, Any]) -> list[str]:
         against = [("vs_baseline", row["baseline_kind"])]
         if "vs_ablation" in row:
             against.append(("vs_ablation", "private + public CE without KD"))
+        if "vs_fedavg" in row:
+            against.append(("vs_fedavg", "FedAvg"))
         against.append(("vs_zero_shot", "zero-shot"))
         for key, what in against:
             result = row.get(key) or {"verdict": None, "reason": "not compared"}
