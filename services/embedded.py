@@ -263,8 +263,12 @@ class EmbeddedRun:
     def run(self) -> dict[str, Any]:
         """Run everything; returns the summary (also written to ``metrics.json``)."""
         resumed = (self.run_dir / "run.json").exists()
+        stored = self.run_dir / "config.yaml"
+        if stored.exists():  # before any service starts; the stored config is never replaced
+            self.check_resumable(stored)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(self.config_path, self.run_dir / "config.yaml")
+        if not stored.exists():
+            shutil.copyfile(self.config_path, stored)
         self._status(run_id=self.run_id, config=self.config.name, state="starting",
                      rounds=self.config.rounds, started_at=time.time(), pid=os.getpid(),
                      resumed=resumed)
@@ -318,6 +322,31 @@ class EmbeddedRun:
                      fedavg_state=fedavg.state if fedavg else None,
                      finished_at=time.time(), report=str(paths["report"]))
         return summary
+
+    def check_resumable(self, stored: Path) -> None:
+        """An existing run folder resumes only with the same federation (the fields a resume
+        may change aside): else one line naming what differs."""
+        from fedmkt.config import FederationConfigError, parse_federation_config
+        from fedmkt.federation.manager import (
+            OPERATIONAL_FIELDS,
+            describe_differences,
+            federation_differences,
+        )
+
+        try:
+            data = yaml.safe_load(stored.read_text(encoding="utf-8"))
+            if isinstance(data, dict):
+                data.pop("tls", None)  # may change; its relative paths are not the run folder's
+            before = parse_federation_config(data, source=str(stored))
+        except (OSError, yaml.YAMLError, FederationConfigError) as exc:
+            raise EmbeddedRunError(f"run {self.run_id}: its stored config {stored} does not "
+                                   f"load ({exc})") from None
+        if federation_differences(before, self.config):
+            raise EmbeddedRunError(
+                f"run {self.run_id} exists with another federation config: "
+                f"{describe_differences(before, self.config)} ({stored} vs {self.config_path}); "
+                f"resume it with the same config (only {', '.join(sorted(OPERATIONAL_FIELDS))} "
+                "may change) or choose another --run-id")
 
     def baseline_config(self) -> FederationConfig:
         """No knowledge transfer: clients on their private data only, the LLM on the public

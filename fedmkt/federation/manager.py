@@ -217,8 +217,10 @@ class RunManager:
         log.info("run %s %s%s", run_id, state, f": {error}" if error else "")
 
 
-def _check_same_federation(run_id: str, existing: RunRecord, config: FederationConfig) -> None:
-    before = parse_federation_config(existing.config_yaml, source=run_id)
+def federation_differences(before: FederationConfig, after: FederationConfig) -> list[str]:
+    """The fields (dotted paths, e.g. ``participants[1].model``) in which two configs describe
+    different federations; the fields a resume may change (``OPERATIONAL_FIELDS``, endpoints)
+    are not compared. Empty: the same federation."""
 
     def essence(c: FederationConfig) -> dict:
         data = c.model_dump(mode="json", exclude=OPERATIONAL_FIELDS)
@@ -226,7 +228,51 @@ def _check_same_federation(run_id: str, existing: RunRecord, config: FederationC
             participant.pop("endpoint", None)
         return data
 
-    if essence(before) != essence(config):
+    found: list[str] = []
+
+    def walk(a: object, b: object, path: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b), key=str):
+                walk(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            for index, (x, y) in enumerate(zip(a, b, strict=True)):
+                walk(x, y, f"{path}[{index}]")
+        elif a != b:
+            found.append(path)
+
+    walk(essence(before), essence(after), "")
+    return found
+
+
+def describe_differences(before: FederationConfig, after: FederationConfig) -> str:
+    """``name: old -> new`` for each differing field (at most 4, then how many more)."""
+    import json
+
+    old, new = before.model_dump(mode="json"), after.model_dump(mode="json")
+
+    def value(data: object, path: str) -> str:
+        for part in path.replace("]", "").replace("[", ".").split("."):
+            if isinstance(data, dict):
+                data = data.get(part)
+            elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+                data = data[int(part)]
+            else:
+                return "?"
+        text = json.dumps(data)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    paths = federation_differences(before, after)
+    shown = [f"{p}: {value(old, p)} -> {value(new, p)}" for p in paths[:4]]
+    if len(paths) > 4:
+        shown.append(f"and {len(paths) - 4} more")
+    return "; ".join(shown)
+
+
+def _check_same_federation(run_id: str, existing: RunRecord, config: FederationConfig) -> None:
+    before = parse_federation_config(existing.config_yaml, source=run_id)
+    if federation_differences(before, config):
         raise FailedPrecondition(
-            f"run {run_id!r} exists with a different federation config; resume it with the same "
-            "config or start a new run with another run_id")
+            f"run {run_id!r} exists with a different federation config "
+            f"({describe_differences(before, config)}); resume it with the same config (only "
+            f"{', '.join(sorted(OPERATIONAL_FIELDS))} and endpoints may change) or start a new "
+            "run with another run_id")
