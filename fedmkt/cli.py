@@ -69,8 +69,11 @@ def run(
     try:
         summary = embedded.run()
     except KeyboardInterrupt:
-        typer.echo(f"interrupted; services stopped. Resume with: fedmkt run {config} "
-                   f"--run-id {embedded.run_id}", err=True)
+        import shlex
+
+        again = ["fedmkt", "run", str(config), "--runs-dir", str(runs_dir), "--run-id",
+                 embedded.run_id]
+        typer.echo(f"interrupted; services stopped. Resume with: {shlex.join(again)}", err=True)
         raise typer.Exit(130) from None
     except EmbeddedRunError as exc:
         _fail(f"{exc} (logs in {embedded.run_dir / 'logs'})")

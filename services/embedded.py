@@ -482,11 +482,47 @@ def _terminate_on_sigterm() -> Iterator[None]:
 
 
 def list_runs(runs_dir: Path) -> list[dict[str, Any]]:
-    """``run.json`` of every run folder, newest first."""
+    """``run.json`` of every run folder, newest first. A run whose status says it is still
+    going but whose ``fedmkt run`` process is gone (killed, the machine rebooted) is shown, and
+    its ``run.json`` rewritten, as ``interrupted``."""
     found = []
     for path in sorted(Path(runs_dir).glob("*/run.json")):
         try:
-            found.append(json.loads(path.read_text()))
+            status = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
+        if _is_orphaned(status):
+            status.update(state="interrupted",
+                          error=status.get("error") or f"the fedmkt run process (pid "
+                                                       f"{status.get('pid')}) is gone")
+            with contextlib.suppress(OSError):
+                _write_json(path, status)
+        found.append(status)
     return sorted(found, key=lambda s: s.get("started_at") or 0, reverse=True)
+
+
+def _is_orphaned(status: dict[str, Any]) -> bool:
+    """The status is not final, but its process no longer runs."""
+    state = str(status.get("state", ""))
+    if not (state == "starting" or state.startswith("running")):
+        return False
+    pid = status.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    return bool(fields) and fields[0] == "Z"
