@@ -135,10 +135,12 @@ def test_a_late_signal_during_shutdown_does_not_kill_the_cleanup() -> None:
 
 
 @pytest.mark.slow
-def test_the_controller_service_exits_after_a_burst_of_sigterms(tmp_path: Path) -> None:
-    """The real ``fedmkt serve controller`` process (its gRPC threads running)."""
-    cmd = [sys.executable, "-m", "fedmkt", "serve", "controller", "--host", "127.0.0.1",
-           "--grpc-port", "0", "--state-dir", str(tmp_path), "--no-resume"]
+@pytest.mark.parametrize("service", ["controller", "aligner"])
+def test_a_service_exits_after_a_burst_of_sigterms(tmp_path: Path, service: str) -> None:
+    """The real ``fedmkt serve controller|aligner`` process (its gRPC threads running)."""
+    extra = ["--no-resume"] if service == "controller" else ["--http-port", "0"]
+    cmd = [sys.executable, "-m", "fedmkt", "serve", service, "--host", "127.0.0.1",
+           "--grpc-port", "0", "--state-dir", str(tmp_path), *extra]
     proc = subprocess.Popen(cmd, cwd=ROOT, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, start_new_session=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -149,7 +151,7 @@ def test_the_controller_service_exits_after_a_burst_of_sigterms(tmp_path: Path) 
             line = proc.stdout.readline()
             if line.startswith("READY") or not line:
                 break
-        assert line.startswith("READY controller"), line
+        assert line.startswith(f"READY {service}"), line
         _burst(proc.pid, 1.0)
         code, _ = _wait(proc, 30)
         assert code in _CLEAN, f"exit status {code} (None: deadlocked, still alive)"

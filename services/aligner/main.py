@@ -94,18 +94,12 @@ class AlignerProcess:
 
 
 def serve(settings: AlignerSettings) -> None:
+    from services.signals import StopSignal
+
     configure_logging(settings.log_level, settings.log_json)
     process = AlignerProcess(settings)
     process.start()
+    stop = StopSignal()  # before READY: a SIGTERM from then on stops the service cleanly
     print(f"READY aligner grpc={process.grpc_port} http={process.http_port}", flush=True)
-    wait_for_signal()
-    process.stop()
-
-
-def wait_for_signal() -> None:
-    import signal
-
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     stop.wait()
+    process.stop()
