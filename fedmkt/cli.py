@@ -322,6 +322,56 @@ def health(
         raise typer.Exit(1)
 
 
+@app.command("certs")
+def certs(
+    out_dir: Path = typer.Argument(..., help="folder for ca.pem and <name>.pem / <name>-key.pem"),
+    services: str = typer.Option(
+        "", "--services", help="comma-separated service names: aligner, controller, run (the "
+        "run job), operator:<name>, and participant names"),
+    federation: Path | None = typer.Option(
+        None, "--federation", help="also: the aligner, controller, run and every participant of "
+        "this federation config"),
+    host: list[str] = typer.Option(
+        [], "--host", help="one more DNS name or IP every certificate names (repeatable)"),
+    days: int = typer.Option(30, help="days the CA and the certificates are valid"),
+    force: bool = typer.Option(
+        False, "--force", help="make a new CA and every certificate anew, overwriting"),
+    readable_keys: bool = typer.Option(
+        False, "--readable-keys", help="write the services' keys 0644 instead of 0600 (compose "
+        "file secrets are mounted with the host file's mode; the services run as uid 10001)"),
+) -> None:
+    """A development CA and one key + certificate per service, for mTLS (see docs/security.md).
+
+    Each certificate names its service in CN and in a URI SAN (fedmkt:controller,
+    fedmkt:aligner, fedmkt:operator:run, fedmkt:participant:<name>), the identity the services
+    check; DNS SANs: the service name and localhost, IPs 127.0.0.1 and ::1. Files already there
+    and right are kept (missing services are added with the same CA); anything else is refused
+    without --force.
+    """
+    try:
+        from services.certs import CertsError, make_certs, names_from_federation
+    except ImportError as exc:
+        _fail(f"fedmkt certs needs the cryptography package ({exc}); pip install cryptography "
+              "(requirements/test.txt has it), or use your own CA")
+    names = [n.strip() for n in services.split(",") if n.strip()]
+    try:
+        if federation is not None:
+            names = [*names, *(n for n in names_from_federation(federation) if n not in names)]
+        result = make_certs(out_dir, names, days=days, hosts=tuple(host), force=force,
+                            key_mode=0o644 if readable_keys else 0o600)
+    except (CertsError, ValueError) as exc:
+        _fail(str(exc))
+    if result.new_ca:
+        typer.echo(f"{out_dir}: new CA (ca.pem, ca-key.pem)")
+    if result.created:
+        typer.echo(f"{out_dir}: certificates for {', '.join(result.created)}")
+    if result.kept:
+        typer.echo(f"{out_dir}: kept (already there and valid): {', '.join(result.kept)}")
+    if result.stale:
+        typer.echo(f"warning: {', '.join(result.stale)} in {out_dir} are signed by the CA "
+                   "replaced now; name them too, or remove them", err=True)
+
+
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)
