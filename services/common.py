@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram
 
 from fedmkt.errors import status_of
+from services.identity import IdentityGate, PermissionDenied
 
 log = logging.getLogger("fedmkt.services")
 
@@ -43,7 +44,8 @@ def map_errors(method: Callable) -> Callable:
     name = method.__name__
 
     def abort(exc: BaseException, context: grpc.ServicerContext) -> None:
-        code = status_of(exc)
+        code = status_of(exc) or (PermissionDenied.code if isinstance(exc, PermissionDenied)
+                                  else None)
         # grpc raises a bare RpcError from the request iterator when the client has gone; calls
         # this handler made raise subclasses (they stay INTERNAL)
         if code is None and type(exc) is grpc.RpcError:
@@ -113,13 +115,18 @@ def build_server(
     threads are kept for ``grpc.health.v1.Health/Check``, which is never counted: user traffic
     cannot starve the health check. (gRPC's own ``maximum_concurrent_rpcs`` refuses health
     checks as well, so it is not used.)
+
+    Every server has an ``IdentityGate`` (``services.identity``), idle until :func:`bind` is
+    given mTLS credentials: then each call is checked against who its client certificate names.
     """
-    interceptors = []
+    interceptors: list[grpc.ServerInterceptor] = []
     threads = max_workers
     if limits is not None:
         interceptors.append(CallLimiter(limits, max_calls=max_workers))
         threads = max_workers + limits.health_workers
-    return grpc.server(
+    gate = IdentityGate()  # inside the limiter: it sees messages already decoded and watched
+    interceptors.append(gate)
+    server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
         interceptors=interceptors,
         options=[
@@ -134,6 +141,8 @@ def build_server(
             ("grpc.http2.max_ping_strikes", 2),
         ],
     )
+    server.fedmkt_identity_gate = gate
+    return server
 
 
 class CallLimits:
@@ -408,7 +417,14 @@ def add_health_and_reflection(
 def bind(server: grpc.Server, host: str, port: int,
          credentials: grpc.ServerCredentials | None = None) -> int:
     """Bind the gRPC port (TLS when ``credentials`` are given); returns the port actually bound
-    (0 asks for a free one)."""
+    (0 asks for a free one). mTLS credentials from ``ServiceSettings.server_credentials`` carry
+    an identity policy: binding them switches the server's identity checks on."""
+    policy = getattr(credentials, "fedmkt_identity_policy", None)
+    if policy is not None:
+        gate = getattr(server, "fedmkt_identity_gate", None)
+        if gate is None:
+            raise RuntimeError("mTLS with identity checks needs a server from build_server()")
+        gate.activate(policy)
     address = f"{host}:{port}"
     bound = (server.add_insecure_port(address) if credentials is None
              else server.add_secure_port(address, credentials))

@@ -30,6 +30,11 @@ class ServiceSettings(BaseSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    # With mTLS each call is checked against the identity its client certificate names
+    # (services.identity.RULES: e.g. only fedmkt:controller may call ReceiveKnowledge). More
+    # callers per RPC: {"ParticipantService/FetchAdapter": ["fedmkt:operator:backup"]}
+    # (env: JSON). Patterns: an identity, fedmkt:<kind>:* or *.
+    tls_allow: dict[str, list[str]] = {}
 
     @model_validator(mode="after")
     def _tls_files(self) -> ServiceSettings:
@@ -41,18 +46,32 @@ class ServiceSettings(BaseSettings):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{name}: no such file {path}")
+        if self.tls_allow:
+            from services.identity import check_allow
+
+            check_allow(self.tls_allow)
+            if self.tls_client_ca is None:
+                raise ValueError("tls_allow needs mTLS (tls_client_ca): without client "
+                                 "certificates there is no identity to check")
         return self
 
     def server_credentials(self):  # -> grpc.ServerCredentials | None
-        """TLS (or mTLS) credentials for the gRPC port; None = plaintext."""
+        """TLS (or mTLS) credentials for the gRPC port; None = plaintext. mTLS credentials
+        carry the identity policy (``fedmkt_identity_policy``) that ``services.common.bind``
+        switches on."""
         if self.tls_cert is None or self.tls_key is None:
             return None
         import grpc
 
         ca = Path(self.tls_client_ca).read_bytes() if self.tls_client_ca else None
-        return grpc.ssl_server_credentials(
+        credentials = grpc.ssl_server_credentials(
             [(Path(self.tls_key).read_bytes(), Path(self.tls_cert).read_bytes())],
             root_certificates=ca, require_client_auth=ca is not None)
+        if ca is not None:
+            from services.identity import IdentityPolicy
+
+            credentials.fedmkt_identity_policy = IdentityPolicy.from_setting(self.tls_allow)
+        return credentials
 
 
 class AlignerSettings(ServiceSettings):
