@@ -8,8 +8,11 @@ controller, the run job and every participant of deploy/federation.yaml, ``<name
 ``<name>-key.pem``. Each certificate names its service in CN and in a URI SAN (the identity the
 services check, e.g. ``fedmkt:participant:llm``), its compose/Kubernetes DNS name and
 ``localhost`` (the containers' own health checks), is good for server and client authentication
-and valid for 30 days. Files already there and valid are kept; anything else is refused unless
-``--force``. For anything but a test deployment use your own CA; the service keys are written
+and valid for 30 days. Files already there and valid are kept. Unlike ``fedmkt certs``, files
+that cannot be kept (e.g. made by an older dev-certs.py, without the URI SAN) are replaced by a
+new CA and new certificates, saying so, as this script always did: CI (scripts/compose-ci.sh,
+k8s-validate.sh) reuses its certificate folder. ``--force`` replaces them even when valid. For
+anything but a test deployment use your own CA; the service keys are written
 world-readable (0644) because compose bind-mounts secrets with the host file's mode and the
 services run as uid 10001 (``fedmkt certs`` writes them 0600 unless ``--readable-keys``).
 """
@@ -29,12 +32,12 @@ def main(argv: list[str]) -> int:
     force = "--force" in argv
     args = [a for a in argv if a != "--force"]
     out = Path(args[0]) if args else ROOT / "build" / "certs"
+    names = names_from_federation(ROOT / "deploy" / "federation.yaml")
     try:
-        result = make_certs(out, names_from_federation(ROOT / "deploy" / "federation.yaml"),
-                            force=force, key_mode=0o644)
+        result = make_certs(out, names, force=force, key_mode=0o644)
     except CertsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        print(f"dev-certs: replacing what is there with a new CA: {exc}", file=sys.stderr)
+        result = make_certs(out, names, force=True, key_mode=0o644)
     done = [*(f"new: {', '.join(result.created)}" for _ in [0] if result.created),
             *(f"kept: {', '.join(result.kept)}" for _ in [0] if result.kept)]
     print(f"{out}: ca.pem and certificates ({'; '.join(done)})")

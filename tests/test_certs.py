@@ -103,3 +103,10 @@ def test_cli_reads_the_federation_and_dev_certs_wraps_it(tmp_path) -> None:
     assert _mode(tmp_path / "b" / "ca-key.pem") == 0o600
     assert "fedmkt:participant:llm" in _sans(tmp_path / "b" / "llm.pem").get_values_for_type(
         x509.UniformResourceIdentifier)
+    # unlike fedmkt certs, it replaces what it cannot keep (CI reuses its folder), saying so
+    (tmp_path / "b" / "llm.pem").write_bytes((tmp_path / "b" / "run.pem").read_bytes())
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "dev-certs.py"),
+                           str(tmp_path / "b")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "replacing what is there" in done.stderr
+    assert "fedmkt:participant:llm" in _sans(tmp_path / "b" / "llm.pem").get_values_for_type(
+        x509.UniformResourceIdentifier)
