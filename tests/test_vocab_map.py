@@ -209,3 +209,39 @@ def test_full_map_rows_equal_the_oracle_and_the_cache(tmp_path) -> None:
     again = vocab_map_for(mistral, gpt2, "surface", cache=cache)
     assert again.from_cache and np.array_equal(again.source_to_target, mapping)
     assert again.exact_matches == result.exact_matches
+
+
+def test_deletion_variant_hashes_equal_the_hashes_of_the_variants() -> None:
+    """The two-deletion hashes computed from prefix differences equal the hashes of the
+    variant strings themselves (the string, each one-deletion and each two-deletion)."""
+    from fedmkt.align import vocab_map
+
+    strings = ["", "a", "ab", "abc", "aab", "hello", "naïve\udce4", "abcdefgh"]
+    keep = np.array([True, True, True, False, True, True, True, True])
+    hashes, owner = vocab_map._deletion_variants(vocab_map._flat(strings), keep)
+    expected_strings, expected_owner = [], []
+    for o, s in enumerate(strings):
+        if keep[o]:
+            variants = [s] + [s[:i] + s[i + 1:] for i in range(len(s))]
+            variants += [s[:i] + s[i + 1:j] + s[j + 1:] for j in range(len(s)) for i in range(j)]
+            expected_strings += variants
+            expected_owner += [o] * len(variants)
+    expected = vocab_map._variant_hashes(vocab_map._flat(expected_strings))[0]
+    assert sorted(zip(hashes.tolist(), owner.tolist(), strict=True)) == sorted(
+        zip(expected.tolist(), expected_owner, strict=True))
+
+
+def test_hash_collisions_do_not_change_the_result(monkeypatch) -> None:
+    """With a degenerate hash mix every variant collides: distance 1 falls back to exact
+    distances over the length band, distance 2 finds every source crowded, and the map still
+    equals the oracle."""
+    from fedmkt.align import vocab_map
+
+    monkeypatch.setattr(vocab_map, "_mixed", lambda hashes: np.zeros_like(hashes))
+    rng = random.Random(13)
+    alphabet = "abcé"
+    source = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 9))) for _ in range(150)]
+    target = [edits(s, rng.choice([1, 1, 2, 3]), rng, alphabet) for s in source[::2]]
+    target += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 8))) for _ in range(60)]
+    both(source, target)
+    both(target, source)

@@ -20,18 +20,20 @@ rapidfuzz's SIMD ``cdist``, still takes about a minute for 262k × 49k):
 4. Distance 1 is found without computing any distance: two strings are one edit apart iff one
    is the other with one character deleted, or both give the same string when the character at
    the same position is masked. Every such variant of every string is hashed (64-bit
-   polynomial hashes, vectorised with numpy); a source's candidate is the smallest rank whose
-   variant hash equals one of the source's, and it is checked with an exact distance. A hash
-   collision can only make that check fail; such a source is redone with exact string
-   variants, so the result never depends on the hash.
+   polynomial hashes, vectorised with numpy, mixed; their top bits are sorted together with
+   the owner); a source's candidate is the smallest rank whose variant hash equals one of the
+   source's, and it is checked with an exact distance. A hash collision can only make that
+   check fail; such a source is redone with exact distances to every target within one
+   character of its length, so the result never depends on the hash.
 5. Distance 2, for sources of at least six characters, from deletion neighbourhoods: if
    lev(s, t) ≤ 2, deleting from s the substituted and deleted characters of an optimal
    alignment and from t the substituted and inserted ones gives the same string, so s and t
    share a variant with at most two characters deleted. All such variants are hashed (the
-   same hashes, mixed, their top bits sorted together with the owner); sources and targets
-   with an equal hash are candidates (a superset), checked with exact distances. A source
-   with a hit takes the smallest such rank; one without is known to have no target within 2.
-   Shorter sources, and those whose variants match too many targets, are left to step 6.
+   same hashes, each two-deletion one a single addition of two prefix differences, sorted as
+   in 4); sources and targets with an equal hash are candidates (a superset), checked with
+   exact distances. A source with a hit takes the smallest such rank; one without is known to
+   have no target within 2. Shorter sources, and those whose variants match too many targets,
+   are left to step 6.
 6. The rest is searched level by level, k = 2 (3 for those known to be beyond 2), 3, …: at
    level k every source not yet resolved is known to have no target within k - 1, so a target
    within k is at exactly k, and the answer is the smallest-rank target within k. Candidates
@@ -65,6 +67,11 @@ rapidfuzz's SIMD ``cdist``, still takes about a minute for 262k × 49k):
    finished that way instead: exact distances to every target of its length band, then of the
    next length gaps while they can still hold a closer target; targets in rank order, so the
    first minimum is the answer.
+
+The work on the targets alone (code points, the hash tables of 4 and 5, the index of 6) runs on
+a second thread from the start, next to the work on the sources; the level search runs its
+bitset sources on a thread pool next to its prefix-posting sources. Threads touch disjoint
+sources, so the result does not depend on their timing.
 """
 
 from __future__ import annotations
@@ -135,6 +142,7 @@ class _Targets:
     lengths: length of each string, by rank (int64).
     alphabet: every character that occurs in a target string.
     flat: the strings as code points (:func:`_flat`), shared by the searches.
+    obj: the strings as an object array (for gathering candidates).
     """
 
     strings: list[str]
@@ -143,17 +151,29 @@ class _Targets:
     lengths: np.ndarray
     alphabet: frozenset[str]
     flat: _Flat
+    obj: np.ndarray
 
 
-def _prepare_targets(target: Sequence[str]) -> _Targets:
+def _distinct_targets(target: Sequence[str]) -> tuple[list[str], dict[str, int]]:
+    """Distinct target strings in ``str`` order, and the smallest id of each."""
     smallest: dict[str, int] = {}
     for i, t in enumerate(target):
         smallest.setdefault(t, i)
-    strings = sorted(smallest)
-    ids = np.fromiter((smallest[s] for s in strings), dtype=np.int64, count=len(strings))
-    rank_of = {s: r for r, s in enumerate(strings)}
-    lengths = np.fromiter(map(len, strings), dtype=np.int64, count=len(strings))
-    return _Targets(strings, ids, rank_of, lengths, frozenset("".join(strings)), _flat(strings))
+    return sorted(smallest), smallest
+
+
+def _prepare_targets(target: Sequence[str], strings: list[str] | None = None,
+                     smallest: dict[str, int] | None = None, flat: Any = None) -> _Targets:
+    """``strings``, ``smallest``: from :func:`_distinct_targets` when known; ``flat``: their
+    :class:`_Flat`, or a future of it (computed on another thread meanwhile)."""
+    if strings is None or smallest is None:
+        strings, smallest = _distinct_targets(target)
+    ids = np.fromiter(map(smallest.__getitem__, strings), dtype=np.int64, count=len(strings))
+    rank_of = dict(zip(strings, range(len(strings)), strict=True))
+    alphabet = frozenset("".join(strings))
+    flat = _flat(strings) if flat is None else flat.result() if hasattr(flat, "result") else flat
+    return _Targets(strings, ids, rank_of, flat.lengths, alphabet, flat,
+                    np.array(strings, dtype=object))
 
 
 def _unused_character(used: set[str] | frozenset[str]) -> str:
@@ -272,84 +292,121 @@ def _variant_hashes(flat: _Flat) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return exact, deleted, masked
 
 
-def _smallest_rank_table(keys: np.ndarray, ranks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Distinct keys, sorted, each with the smallest rank that has it."""
-    order = np.argsort(keys)
-    keys, ranks = keys[order], ranks[order]
-    starts = np.flatnonzero(_first_of_runs(keys))
-    if starts.size == 0:
-        return keys, ranks
-    return keys[starts], np.minimum.reduceat(ranks, starts)
+def _mixed(hashes: np.ndarray) -> np.ndarray:
+    """A bijection of 64-bit hashes that spreads every bit upwards (the last character only
+    reaches the low bits of a polynomial hash), so that the top bits alone can be compared."""
+    mixed = hashes ^ (hashes >> _U64(31))
+    mixed *= _MIX
+    mixed ^= mixed >> _U64(29)
+    return mixed
 
 
-def _look_up(table: tuple[np.ndarray, np.ndarray], queries: np.ndarray, none: int) -> np.ndarray:
+def _packed_sort(hashes: np.ndarray, owner: np.ndarray, bits: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (hash, owner) pairs, packed: the top 64 - ``bits`` bits of the mixed hash above
+    the owner (< 2**bits); returns (hash part, owner), both sorted by (hash part, owner). A
+    shorter hash only makes more pairs equal; sorting plain keys is much faster than argsort."""
+    low = (_U64(1) << _U64(bits)) - _U64(1)
+    key = np.sort((_mixed(hashes) & ~low) | owner.astype(_U64))
+    return key & ~low, (key & low).astype(np.int64)
+
+
+def _key_bits(*counts: int) -> int:
+    """Bits for owners below every count (string indices, ranks)."""
+    return max(max(counts, default=1), 1).bit_length()
+
+
+def _one_tables(flat: _Flat, bits: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The target tables for distance 1: (distinct packed hash, smallest rank with it) of the
+    one-deletion variants, of the strings and of the masked variants (``flat`` holds the
+    targets in rank order, so a string's index is its rank)."""
+    exact, deleted, masked = _variant_hashes(flat)
+    rank = np.arange(flat.lengths.size, dtype=np.int64)
+    tables = []
+    for hashes, owner in ((deleted, flat.owner), (exact, rank), (masked, flat.owner)):
+        keys, ranks = _packed_sort(hashes, owner, bits)
+        first = _first_of_runs(keys)  # sorted by (key, rank): the smallest rank comes first
+        tables.append((keys[first], ranks[first]))
+    return tables
+
+
+def _look_up(table: tuple[np.ndarray, np.ndarray], hashes: np.ndarray, owner: np.ndarray,
+             bits: int, best: np.ndarray) -> None:
+    """Lower ``best[o]`` to the table's rank for every query hash (of owner o) it holds."""
     keys, ranks = table
-    if keys.size == 0:
-        return np.full(queries.size, none, dtype=np.int64)
-    order = np.argsort(queries)
-    where = np.searchsorted(keys, queries[order])
-    where = np.minimum(where, keys.size - 1)
-    found = np.where(keys[where] == queries[order], ranks[where], none)
-    out = np.empty(queries.size, dtype=np.int64)
-    out[order] = found
-    return out
+    if keys.size == 0 or hashes.size == 0:
+        return
+    query, own = _packed_sort(hashes, owner, bits)
+    where = np.minimum(np.searchsorted(keys, query), keys.size - 1)
+    hit = keys[where] == query
+    np.minimum.at(best, own[hit], ranks[where[hit]])
 
 
-def _distance_one(pending: Sequence[str], targets: _Targets, workers: int) -> dict[str, int]:
+def _distance_one(pending: Sequence[str], targets: _Targets, workers: int,
+                  tables: list[tuple[np.ndarray, np.ndarray]] | None = None,
+                  bits: int | None = None) -> dict[str, int]:
     """Smallest rank at distance exactly 1, for every pending string that has one.
 
     ``pending`` strings have no exact match, so every target found here is at distance 1.
     t is one edit from s iff t is s with one character deleted, s is t with one character
     deleted (an insertion), or s and t have the same length and the same string with the
-    character at one position i masked (a substitution). Variants are compared by hash and the
-    winner is checked exactly; see :func:`_distance_one_exact` for the collision fallback.
+    character at one position i masked (a substitution). Variants are compared by (the top
+    bits of mixed) hashes and the winner is checked exactly; a source whose check fails (a
+    collision hid the true winner) is redone by :func:`_distance_one_exact`. ``tables``:
+    :func:`_one_tables` of the targets with ``bits`` (computed here when not given).
     """
     if not pending:
         return {}
     none = len(targets.strings)
-    t_flat, s_flat = targets.flat, _flat(pending)
-    t_exact, t_deleted, t_masked = _variant_hashes(t_flat)
+    if tables is None or bits is None or (1 << bits) <= len(pending):
+        bits = _key_bits(len(pending), none)
+        tables = _one_tables(targets.flat, bits)
+    s_flat = _flat(pending)
     s_exact, s_deleted, s_masked = _variant_hashes(s_flat)
-    t_rank = np.arange(none, dtype=np.int64)
-    best = _look_up(_smallest_rank_table(t_deleted, t_flat.owner), s_exact, none)
-    from_deleted = _look_up(_smallest_rank_table(t_exact, t_rank), s_deleted, none)
-    from_masked = _look_up(_smallest_rank_table(t_masked, t_flat.owner), s_masked, none)
-    np.minimum.at(best, s_flat.owner, np.minimum(from_deleted, from_masked))
+    best = np.full(len(pending), none, dtype=np.int64)
+    own = np.arange(len(pending), dtype=np.int64)
+    for table, hashes, owner in zip(tables, (s_exact, s_deleted, s_masked),
+                                    (own, s_flat.owner, s_flat.owner), strict=True):
+        _look_up(table, hashes, owner, bits, best)
     hit = np.flatnonzero(best < none)
     found: dict[str, int] = {}
     if hit.size:
-        checked = cpdist([pending[i] for i in hit.tolist()],
-                         [targets.strings[r] for r in best[hit].tolist()],
+        pending_obj = np.array(pending, dtype=object)
+        checked = cpdist(pending_obj[hit], [targets.strings[r] for r in best[hit].tolist()],
                          scorer=Levenshtein.distance, score_cutoff=1, dtype=np.int32,
-                         workers=workers)
+                         workers=workers if hit.size >= _PARALLEL_PAIRS else 1)
         ok = checked == 1
-        found = {pending[i]: r for i, r in zip(hit[ok].tolist(), best[hit[ok]].tolist(),
-                                                strict=True)}
+        found = dict(zip(pending_obj[hit[ok]].tolist(), best[hit[ok]].tolist(), strict=True))
         if not ok.all():  # a hash collision: redo those sources exactly
-            found.update(_distance_one_exact([pending[i] for i in hit[~ok].tolist()], targets))
+            found.update(_distance_one_exact(pending_obj[hit[~ok]].tolist(), targets, workers))
     return found
 
 
-def _distance_one_exact(pending: Sequence[str], targets: _Targets) -> dict[str, int]:
-    """:func:`_distance_one` with exact string variants in dicts (slow; collision fallback)."""
-    strings = targets.strings
-    wildcard = _unused_character(targets.alphabet | set("".join(pending)))
-    lengths = {len(s) for s in pending}
-    order = range(len(strings) - 1, -1, -1)  # later items overwrite: smallest rank wins
-    deleted = {t[:i] + t[i + 1:]: r for r in order for t in (strings[r],)
-               if len(t) - 1 in lengths for i in range(len(t))}
-    masked = {t[:i] + wildcard + t[i + 1:]: r for r in order for t in (strings[r],)
-              if len(t) in lengths for i in range(len(t))}
-    rank_of, none = targets.rank_of, len(strings)
+def _distance_one_exact(pending: Sequence[str], targets: _Targets, workers: int = 1
+                        ) -> dict[str, int]:
+    """:func:`_distance_one` without hashes (the collision fallback): exact distances from each
+    pending string to every target within one character of its length, in rank order (the
+    first at distance 1 wins)."""
     found: dict[str, int] = {}
-    for s in pending:
-        best = deleted.get(s, none)
-        for i in range(len(s)):
-            head, tail = s[:i], s[i + 1:]
-            best = min(best, rank_of.get(head + tail, none),
-                       masked.get(head + wildcard + tail, none))
-        if best < none:
-            found[s] = best
+    if not pending:
+        return found
+    lengths = targets.lengths
+    n = np.fromiter(map(len, pending), dtype=np.int64, count=len(pending))
+    for length in _distinct(n):
+        group = np.flatnonzero(n == length)
+        ranks = np.flatnonzero(np.abs(lengths - length) <= 1)
+        if ranks.size == 0:
+            continue
+        choices = [targets.strings[r] for r in ranks.tolist()]
+        step = max(1, _BLOCK_ENTRIES // ranks.size)
+        for r0 in range(0, group.size, step):
+            rows = group[r0:r0 + step].tolist()
+            d = cdist([pending[i] for i in rows], choices, scorer=Levenshtein.distance,
+                      score_cutoff=1, dtype=np.int32, workers=workers) == 1
+            at = d.argmax(axis=1)
+            for i, a, any_hit in zip(rows, at.tolist(), d.any(axis=1).tolist(), strict=True):
+                if any_hit:
+                    found[pending[i]] = int(ranks[a])
     return found
 
 
@@ -358,38 +415,72 @@ def _distance_one_exact(pending: Sequence[str], targets: _Targets) -> dict[str, 
 
 def _deletion_variants(flat: _Flat, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Salted hashes (as in :func:`_variant_hashes`) of every string ``keep`` selects, of its
-    one-deletion and of its two-deletion variants; returns (hashes, string index)."""
-    powers = _powers(int(flat.lengths.max(initial=0)) + 1)
+    one-deletion and of its two-deletion variants; returns (hashes, string index).
+
+    With P the prefix hashes of a string of length L and d_p = P[p] - P[p + 1], deleting the
+    characters at i < j gives P[L] + d_i B^(L-2-i) + d_j B^(L-1-j) (and deleting only i gives
+    P[L] + d_i B^(L-1-i)): one addition per pair, the pairs of a length laid out as a table."""
     exact, deleted, _ = _variant_hashes(flat)
     prefix, slot = _prefix_hashes(flat)
     length = flat.lengths
+    powers = _powers(int(length.max(initial=0)) + 1)
+    own, pos = flat.owner, flat.offset
+    at = slot[own] + pos
+    diff = prefix[at] - prefix[at + 1]
+    expo = length[own] - 2 - pos
+    first = diff * powers[np.maximum(expo, 0)]  # i deleted first (never the last position)
+    second = diff * powers[expo + 1]  # j deleted second
+    whole = prefix[slot + length]
+    one = keep[own]
+    hashes, owners = [exact[keep], deleted[one]], [np.flatnonzero(keep), own[one]]
     strings = np.flatnonzero(keep & (length >= 2))
-    pairs = length[strings] * (length[strings] - 1) // 2
-    owner = np.repeat(strings, pairs)
-    idx = np.arange(owner.size, dtype=np.int64) - np.repeat(np.cumsum(pairs) - pairs, pairs)
-    # idx → positions i < j (idx = j (j - 1) / 2 + i); exact for these small integers
-    j = ((1 + np.sqrt(1 + 8 * idx.astype(np.float64))) // 2).astype(np.int64)
-    i = idx - j * (j - 1) // 2
-    size = length[owner]
-    base = slot[owner]
-    head = prefix[base + i]  # characters [0, i)
-    mid = prefix[base + j] - prefix[base + i + 1] * powers[j - i - 1]  # (i, j)
-    tail = prefix[base + size] - prefix[base + j + 1] * powers[size - j - 1]  # (j, size)
-    two = ((head * powers[size - 2 - i] + mid * powers[size - 1 - j] + tail)
-           ^ ((size - 2).astype(_U64) * _SALT))
-    one = keep[flat.owner]
-    return (np.concatenate([exact[keep], deleted[one], two]),
-            np.concatenate([np.flatnonzero(keep), flat.owner[one], owner]))
+    strings = strings[np.argsort(length[strings], kind="stable")]
+    cuts = np.flatnonzero(np.diff(length[strings])) + 1
+    for group in np.split(strings, cuts) if strings.size else []:
+        size = int(length[group[0]])
+        points = flat.start[group][:, None] + np.arange(size)
+        i, j = np.triu_indices(size, 1)
+        two = first[points][:, i]
+        two += second[points][:, j]
+        two += whole[group][:, None]
+        two ^= _U64(((size - 2) * int(_SALT)) & 0xFFFF_FFFF_FFFF_FFFF)
+        hashes.append(two.reshape(-1))
+        owners.append(np.repeat(group, i.size))
+    return np.concatenate(hashes), np.concatenate(owners)
 
 
-def _distance_two(pending: Sequence[str], targets: _Targets, workers: int
-                  ) -> tuple[dict[str, int], np.ndarray]:
+@dataclass(frozen=True)
+class _TwoKeys:
+    """The targets' deletion-neighbourhood keys for :func:`_distance_two`: those of the targets
+    of lengths lo … hi, packed with ``bits`` (:func:`_packed_sort`), as runs of equal hash:
+    ``value[u]`` is held by the ranks ``rank[start[u]:start[u] + count[u]]``."""
+
+    lo: int
+    hi: int
+    bits: int
+    rank: np.ndarray
+    value: np.ndarray
+    start: np.ndarray
+    count: np.ndarray
+
+
+def _two_keys(flat: _Flat, lo: int, hi: int, bits: int) -> _TwoKeys:
+    keep = (flat.lengths >= lo) & (flat.lengths <= hi)
+    hashes, rank = _packed_sort(*_deletion_variants(flat, keep), bits)
+    start = np.flatnonzero(_first_of_runs(hashes))
+    count = np.diff(np.append(start, hashes.size))
+    return _TwoKeys(lo, hi, bits, rank, hashes[start], start, count)
+
+
+def _distance_two(pending: Sequence[str], targets: _Targets, workers: int,
+                  target_keys: _TwoKeys | None = None) -> tuple[dict[str, int], np.ndarray]:
     """Level 2 for the pending strings of length >= _TWO_MIN_LENGTH, by deletion
     neighbourhoods: lev(s, t) <= 2 implies that s and t, each with at most two characters
     deleted, give the same string (delete from s the substituted and deleted characters of an
     optimal alignment, from t the substituted and inserted ones). Every such variant is hashed;
     pairs with an equal hash are candidates (a superset: hash collisions and pairs up to four
-    edits apart), checked with exact distances.
+    edits apart), checked with exact distances. ``target_keys``: :func:`_two_keys` of the
+    targets, used where it covers the lengths needed (computed here otherwise).
 
     ``pending`` strings have no target within 1. Returns (string → smallest rank at distance 2,
     for those that have one; a mask over ``pending``: known to have no target within 2).
@@ -399,29 +490,23 @@ def _distance_two(pending: Sequence[str], targets: _Targets, workers: int
     chosen = n >= _TWO_MIN_LENGTH
     if not chosen.any():
         return {}, none
-    s_flat, t_flat = _flat(pending), targets.flat
+    s_flat = _flat(pending)
     lo_len, hi_len = int(n[chosen].min()) - 2, int(n[chosen].max()) + 2
-    t_keep = (t_flat.lengths >= lo_len) & (t_flat.lengths <= hi_len)
-    # sorted (hash, owner) keys: the top bits of the mixed hash above the owner's bits (a
-    # shorter hash only adds candidates; sorting plain keys is much faster than an argsort)
-    owner_bits = _U64(max(len(pending), len(targets.strings)).bit_length())
-    low = (_U64(1) << owner_bits) - _U64(1)
-
-    def keys(flat: _Flat, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        hashes, owner = _deletion_variants(flat, keep)
-        # the last character only reaches the low bits of a polynomial hash: mix them upwards
-        hashes = hashes ^ (hashes >> _U64(31))
-        hashes *= _MIX
-        hashes ^= hashes >> _U64(29)
-        key = np.sort((hashes & ~low) | owner.astype(_U64))
-        return key & ~low, (key & low).astype(np.int64)
-
-    with ThreadPoolExecutor(1) as side:  # numpy releases the GIL while it sorts
-        target_keys = side.submit(keys, t_flat, t_keep)
-        s_hash, s_src = keys(s_flat, chosen)
-        t_hash, t_rank = target_keys.result()
-    lo = np.searchsorted(t_hash, s_hash, "left")
-    count = np.searchsorted(t_hash, s_hash, "right") - lo
+    pre = target_keys
+    if pre is not None and pre.lo <= lo_len and hi_len <= pre.hi and len(pending) < 1 << pre.bits:
+        s_hash, s_src = _packed_sort(*_deletion_variants(s_flat, chosen), pre.bits)
+    else:
+        bits = _key_bits(len(pending), len(targets.strings))
+        with ThreadPoolExecutor(1) as side:  # numpy releases the GIL while it sorts
+            job = side.submit(_two_keys, targets.flat, lo_len, hi_len, bits)
+            s_hash, s_src = _packed_sort(*_deletion_variants(s_flat, chosen), bits)
+            pre = job.result()
+    if pre.value.size:
+        at = np.minimum(np.searchsorted(pre.value, s_hash), pre.value.size - 1)
+        lo = pre.start[at]
+        count = np.where(pre.value[at] == s_hash, pre.count[at], 0)
+    else:
+        lo = count = np.zeros(s_hash.size, dtype=np.int64)
     # sources whose neighbourhoods match too much are left to the level search
     per_source = np.bincount(s_src, weights=count, minlength=len(pending))
     crowded = per_source > _TWO_MAX_MATCHES
@@ -429,18 +514,19 @@ def _distance_two(pending: Sequence[str], targets: _Targets, workers: int
     lo, count, src = lo[ok], count[ok], s_src[ok]
     entry = np.repeat(lo - np.cumsum(count) + count, count) + np.arange(int(count.sum()))
     size = len(targets.strings)
-    key = np.sort(np.repeat(src, count) * size + t_rank[entry])
+    key = np.sort(np.repeat(src, count) * size + pre.rank[entry])
     key = key[_first_of_runs(key)]  # (source, rank) pairs, each once, in rank order
     src, rank = key // size, key % size
     found: dict[str, int] = {}
     if key.size:
-        d = cpdist([pending[i] for i in src.tolist()], [targets.strings[r] for r in rank.tolist()],
-                   scorer=Levenshtein.distance, score_cutoff=2, dtype=np.int32, workers=workers)
+        pending_obj = np.array(pending, dtype=object)
+        d = cpdist(pending_obj[src], targets.obj[rank], scorer=Levenshtein.distance,
+                   score_cutoff=2, dtype=np.int32,
+                   workers=workers if key.size >= _PARALLEL_PAIRS else 1)
         hit = d <= 2
         src, rank = src[hit], rank[hit]
         first = _first_of_runs(src)
-        found = {pending[i]: r for i, r in zip(src[first].tolist(), rank[first].tolist(),
-                                                strict=True)}
+        found = dict(zip(pending_obj[src[first]].tolist(), rank[first].tolist(), strict=True))
     beyond = chosen & ~crowded
     beyond[src] = False
     return found, beyond
@@ -474,8 +560,9 @@ class _Index:
     p // 64) are built on demand.
     """
 
-    def __init__(self, targets: _Targets) -> None:
-        self.lengths = lengths = targets.lengths
+    def __init__(self, flat: _Flat) -> None:
+        """``flat``: the target strings in rank order."""
+        self.lengths = lengths = flat.lengths
         self.size = size = lengths.size
         self.max_length = max_length = int(lengths.max(initial=0))
         cuts = [0] + [max(1, int(np.ceil(size * f))) for f in _TIERS[:-1]] + [size]
@@ -495,7 +582,6 @@ class _Index:
         self.start_rows = self.start.tolist()
         self.length_count = np.bincount(lengths, minlength=max_length + 1)
         self.length_cum = np.concatenate([[0], np.cumsum(self.length_count)])
-        flat = targets.flat
         codes = _feature_codes(flat)
         order = np.argsort(codes, kind="stable")
         sorted_codes = codes[order]
@@ -594,9 +680,9 @@ class _LevelSearch:
         self.beyond_two = (np.zeros(len(rest), dtype=bool) if beyond_two is None
                            else beyond_two)
         self.workers = workers
-        self.index = index = _Index(targets) if index is None else index
+        self.index = index = _Index(targets.flat) if index is None else index
         self.rest_obj = np.array(rest, dtype=object)
-        self.target_obj = np.array(targets.strings, dtype=object)
+        self.target_obj = targets.obj
         flat = _flat(rest)
         self.n = flat.lengths
         fid = index.fids(_feature_codes(flat))
@@ -620,6 +706,7 @@ class _LevelSearch:
         self.bar: Any = None
         self.lock = threading.Lock()
         self.threads = (os.cpu_count() or 1) if workers < 0 else max(1, workers)
+        self.rank_bits = _key_bits(index.size)  # (source, rank) keys: source << bits | rank
 
     def run(self, bar: Any) -> dict[str, int]:
         """Resolve every source; returns string → rank."""
@@ -718,8 +805,9 @@ class _LevelSearch:
         """Whether target ``position`` passes the bag-distance bound of level k for ``src``
         (elementwise), read from the absent-bitsets: the x features of s missing in t must
         satisfy x <= k - max(0, m - n)."""
+        passes = np.zeros(src.size, dtype=bool)
         if src.size == 0:
-            return np.zeros(0, dtype=bool)
+            return passes
         index = self.index
         distinct = np.sort(src)
         distinct = distinct[_first_of_runs(distinct)]
@@ -733,22 +821,31 @@ class _LevelSearch:
         # candidates by decreasing feature count, so that feature slot j reads a prefix
         order = np.argsort(-have[local], kind="stable")
         local_sorted = local[order]
-        reach = np.searchsorted(-have[local_sorted], -slot, "left").tolist()  # have > j
+        src_sorted = src[order]
+        allowed = k - self.base[src_sorted] - np.maximum(
+            index.lengths[index.rank_at[position[order]]] - self.n[src_sorted], 0)
         flat_absent = index.absent.reshape(-1)
         cell = (position >> 6)[order]
         bit = (position & 63).astype(_U64)[order]
-        missing_sorted = np.zeros(src.size, dtype=np.int32)
+        missing = np.zeros(order.size, dtype=np.int64)
+        reach = np.searchsorted(-have[local_sorted], -slot, "left")  # have > j
+        check = 2  # candidates already past the bound are dropped from time to time
         for j in slot.tolist():
-            end = reach[j]
+            if j == check:
+                check *= 2
+                alive = missing <= allowed
+                if alive.sum() * 4 < alive.size * 3:  # keeps the order, so reach stays valid
+                    keep = np.flatnonzero(alive)
+                    order, local_sorted, allowed = order[keep], local_sorted[keep], allowed[keep]
+                    cell, bit, missing = cell[keep], bit[keep], missing[keep]
+                    reach = np.searchsorted(-have[local_sorted], -slot, "left")
+            end = int(reach[j])
             words = flat_absent.take(rows[local_sorted[:end], j] * index.words + cell[:end])
-            missing_sorted[:end] += ((words >> bit[:end]) & _U64(1)).astype(np.int32)
-        missing = np.empty(src.size, dtype=np.int64)
-        missing[order] = missing_sorted
-        allowed = k - self.base[src] - np.maximum(
-            index.lengths[index.rank_at[position]] - self.n[src], 0)
+            missing[:end] += ((words >> bit[:end]) & _U64(1)).astype(np.int64)
         # a candidate whose bound is below k was verified at an earlier level
-        fresh = self.first_level[src] == k
-        return np.where(fresh, missing <= allowed, missing == allowed)
+        fresh = self.first_level[src[order]] == k
+        passes[order] = np.where(fresh, missing <= allowed, missing == allowed)
+        return passes
 
     def _resolve_memo(self, sources: np.ndarray, k: int, rank_end: int) -> None:
         """Resolve the open ``sources`` whose best verified candidate is at distance k with a
@@ -775,46 +872,48 @@ class _LevelSearch:
         src, rank = src[live], rank[live]
         if src.size == 0:
             return
-        key = np.sort(src * size + rank)
-        src, rank = key // size, key % size
-        first = _first_of_runs(src)
-        nth = np.arange(src.size) - np.maximum.accumulate(np.where(first, np.arange(src.size), 0))
+        key = np.sort((src << self.rank_bits) | rank)  # by (source, rank)
+        src, rank = key >> self.rank_bits, key & ((1 << self.rank_bits) - 1)
+        starts = np.flatnonzero(_first_of_runs(src))
+        owner = src[starts]
+        total = np.diff(np.append(starts, src.size))  # candidates of each source
         # a source with far more candidates than a SIMD pass over its length band would cost
         # goes to the band search once its first candidates miss
-        starts = np.flatnonzero(first)
-        count = np.diff(np.append(starts, src.size)) + self.checked[src[starts]]
-        heavy = count > _ROUTE_AFTER + index.band_size(self.n[src[starts]], k) / _ROUTE_RATIO
-        heavy_src = src[starts[heavy]]
-        by_nth = np.argsort(np.minimum(nth, 0xFFFF).astype(np.uint16), kind="stable")
-        bounds = np.searchsorted(nth[by_nth], _VERIFY_ROUNDS[:-1]).tolist() + [src.size]
-        lo = 0
-        for bound, hi in zip(_VERIFY_ROUNDS, bounds, strict=True):
+        count = total + self.checked[owner]
+        heavy = count > _ROUTE_AFTER + index.band_size(self.n[owner], k) / _ROUTE_RATIO
+        heavy_src = owner[heavy]
+        longest = int(total.max())
+        done = 0  # each source's first ``done`` candidates are checked
+        for bound in _VERIFY_ROUNDS:
             if bound > _ROUTE_AFTER and heavy_src.size:
                 open_heavy = heavy_src[self.best_rank[heavy_src] == _OPEN]
                 self.best_rank[open_heavy] = _ROUTED
                 self.routed_level[open_heavy] = k
                 heavy_src = heavy_src[:0]
-            sel = np.sort(by_nth[lo:hi])  # back to (source, rank) order
-            lo = hi
-            if sel.size == 0:
+            if longest <= done:
                 break
-            sel = sel[self.best_rank[src[sel]] == _OPEN]
-            if sel.size == 0:
-                continue
-            s, r = src[sel], rank[sel]
-            runs = np.flatnonzero(_first_of_runs(s))  # s is sorted
-            self.checked[s[runs]] += np.diff(np.append(runs, s.size))
-            d = cpdist(self.rest_obj[s], self.target_obj[r],
-                       scorer=Levenshtein.distance, dtype=np.int32,
-                       workers=((self.workers if workers is None else workers)
-                                if s.size >= _PARALLEL_PAIRS else 1))
-            best = np.minimum.reduceat(d.astype(np.int64) * size + r, runs)
-            np.minimum.at(self.memo, s[runs], best)  # s[runs] are distinct
-            hit = np.flatnonzero(d <= k)
-            if hit.size:
-                s, r = s[hit], r[hit]  # sorted by (source, rank): the first hit per source
-                first = _first_of_runs(s)
-                self._resolve(s[first], r[first])
+            now = np.flatnonzero((total > done) & (self.best_rank[owner] == _OPEN))
+            if now.size:
+                # candidates done … bound - 1 of each open source, in (source, rank) order
+                take = np.minimum(total[now], bound) - done
+                ends = np.cumsum(take)
+                runs = ends - take
+                sel = np.repeat(starts[now] + done - runs, take) + np.arange(int(ends[-1]))
+                s, r = src[sel], rank[sel]
+                self.checked[owner[now]] += take
+                d = cpdist(self.rest_obj[s], self.target_obj[r],
+                           scorer=Levenshtein.distance, dtype=np.int32,
+                           workers=((self.workers if workers is None else workers)
+                                    if s.size >= _PARALLEL_PAIRS else 1))
+                best = np.minimum.reduceat(d.astype(np.int64) * size + r, runs)
+                mine = owner[now]  # distinct
+                self.memo[mine] = np.minimum(self.memo[mine], best)
+                hit = np.flatnonzero(d <= k)
+                if hit.size:
+                    s, r = s[hit], r[hit]  # sorted by (source, rank): the first hit per source
+                    first = _first_of_runs(s)
+                    self._resolve(s[first], r[first])
+            done = bound
 
     def _band_search(self, sources: np.ndarray, low: np.ndarray) -> None:
         """Exact distances from ``sources`` (none within low - 1 of any target) to every target
@@ -1054,6 +1153,9 @@ class _BitsetChunk:
         for q0, q1, allowed in ranges:
             if q1 > q0:
                 self._below(t, q0, q1, allowed, result, w0)
+        closed = self.search.best_rank[self.rows] != _OPEN
+        if closed.any():  # rows resolved since the last drop
+            result[closed] = 0
         flat = np.flatnonzero(result)
         if flat.size == 0:
             return
@@ -1102,15 +1204,24 @@ def build_vocab_map(source: Sequence[str], target: Sequence[str], *, workers: in
     """
     if len(target) == 0:
         raise ValueError("cannot map onto an empty target vocabulary")
-    targets = _prepare_targets(target)
-    rank_of = targets.rank_of
-    collapsed = _collapse_foreign({s for s in source if s not in rank_of}, targets)
-    keys = sorted(set(collapsed.values()))
-    with ThreadPoolExecutor(1) as side:  # the level search's index, next to distance 1
-        index = side.submit(_Index, targets)
-        best = _distance_one(keys, targets, workers)
+    with ThreadPoolExecutor(1) as side:
+        # the work on the targets alone runs on a second thread from the start, next to the
+        # work on the sources (numpy releases the GIL in its large array operations)
+        strings, smallest = _distinct_targets(target)
+        flat = side.submit(_flat, strings)
+        bits = _key_bits(len(source), len(strings))
+        tables = side.submit(lambda: _one_tables(flat.result(), bits))
+        longest = max(map(len, source), default=0)
+        two_keys = side.submit(lambda: _two_keys(flat.result(), _TWO_MIN_LENGTH - 2, longest + 2,
+                                                 bits))
+        index = side.submit(lambda: _Index(flat.result()))
+        targets = _prepare_targets(target, strings, smallest, flat)
+        rank_of = targets.rank_of
+        collapsed = _collapse_foreign({s for s in source if s not in rank_of}, targets)
+        keys = sorted(set(collapsed.values()))
+        best = _distance_one(keys, targets, workers, tables.result(), bits)
         rest = [k for k in keys if k not in best]
-        two, beyond = _distance_two(rest, targets, workers)
+        two, beyond = _distance_two(rest, targets, workers, two_keys.result())
         best.update(two)
         if two:
             beyond = beyond[[k not in two for k in rest]]
