@@ -245,3 +245,20 @@ def test_hash_collisions_do_not_change_the_result(monkeypatch) -> None:
     target += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 8))) for _ in range(60)]
     both(source, target)
     both(target, source)
+
+
+@pytest.mark.parametrize("generator", ["prefix", "bitset"])
+def test_each_candidate_generator_alone(monkeypatch, generator: str) -> None:
+    """The level search with every source on the prefix postings (free verification in the
+    cost model), or every source on the bitset counters (free word operations)."""
+    from fedmkt.align import vocab_map
+
+    monkeypatch.setattr(vocab_map, "_COST_VERIFY" if generator == "prefix" else "_COST_WORD",
+                        0.0)
+    rng = random.Random(17)
+    alphabet = "abcdeéx"
+    source = ["".join(rng.choice(alphabet) for _ in range(rng.randint(2, 9))) for _ in range(300)]
+    target = [edits(s, rng.choice([2, 3, 4]), rng, alphabet) for s in source[::2]]
+    target += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 8))) for _ in range(300)]
+    both(source, target)
+    both(target, source)

@@ -777,16 +777,22 @@ class _LevelSearch:
         slot, at = self._prefix_features(sources, k)
         fid = self.feat[at]
         n = self.n[sources[slot]]
+        # the postings are looked up by feature (queries in order are far faster)
+        by_fid = np.argsort(fid, kind="stable")
         for t in range(len(_TIERS)):
             if t:
                 self._resolve_memo(sources, k, int(index.tier_cut[t]))
             live = self.best_rank[sources[slot]] == _OPEN
-            slot, fid, n = slot[live], fid[live], n[live]
+            if not live.all():
+                slot, fid, n = slot[live], fid[live], n[live]
+                by_fid = (np.cumsum(live) - 1)[by_fid[live[by_fid]]]
             if slot.size == 0:
                 return
-            p0, p1 = index.band(t, n, k)
-            lo = np.searchsorted(index.posting, fid * index.size + p0)
-            hi = np.searchsorted(index.posting, fid * index.size + p1)
+            p0, p1 = index.band(t, n[by_fid], k)
+            base = fid[by_fid] * index.size
+            lo, hi = np.empty_like(fid), np.empty_like(fid)
+            lo[by_fid] = np.searchsorted(index.posting, base + p0)
+            hi[by_fid] = np.searchsorted(index.posting, base + p1)
             count = hi - lo
             # batches end between sources: _verify needs all of a source's candidates at once
             starts = np.flatnonzero(_first_of_runs(slot))
