@@ -81,9 +81,10 @@ class AlignerSettings(ServiceSettings):
     http_port: int = 8080  # 0 = a free port; -1 = no HTTP API
     max_message_mb: int = 128  # tokenizer registration carries whole tokenizer files
     # gRPC limits: at most `workers` calls at once (further ones get RESOURCE_EXHAUSTED), of
-    # them at most `max_streams` AlignKnowledge (or other) streams; a stream whose client sends
-    # nothing for `stream_idle_timeout_s` while the aligner waits is ended (DEADLINE_EXCEEDED,
-    # 0 = never); `health_workers` more threads answer only grpc.health.v1 Check.
+    # them at most `max_streams` AlignKnowledge (or other) streams (by default 16, or `workers`
+    # if fewer); a stream whose client sends nothing for `stream_idle_timeout_s` while the
+    # aligner waits is ended (DEADLINE_EXCEEDED, 0 = never); `health_workers` more threads
+    # answer only grpc.health.v1 Check.
     workers: int = 24
     max_streams: int = 16
     stream_idle_timeout_s: float = 300.0
@@ -96,6 +97,8 @@ class AlignerSettings(ServiceSettings):
     def _limits(self) -> AlignerSettings:
         if self.workers < 1 or self.health_workers < 1:
             raise ValueError("workers and health_workers must be at least 1")
+        if "max_streams" not in self.model_fields_set:  # the default follows fewer workers
+            self.max_streams = min(self.max_streams, self.workers)
         if not 0 <= self.max_streams <= self.workers:
             raise ValueError(f"max_streams must be in 0..workers ({self.workers}), "
                              f"got {self.max_streams}")

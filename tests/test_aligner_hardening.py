@@ -164,6 +164,9 @@ def test_limit_settings_are_checked() -> None:
         AlignerSettings(workers=4, max_streams=5)
     with pytest.raises(ValueError, match="stream_idle_timeout_s"):
         AlignerSettings(stream_idle_timeout_s=-1)
+    # the default stream cap follows a smaller worker count (the embedded run uses 4 workers)
+    assert AlignerSettings(workers=4).max_streams == 4
+    assert AlignerSettings().max_streams == 16
 
 
 # -- 2. the DTW limit counts tokens, not characters ---------------------------------------------

@@ -30,6 +30,22 @@ class AlignerServiceStub:
     """Token alignment between two tokenizers: MinED vocabulary maps, sequence alignment of two
     tokenizations of one text, and projection of top-k logits from one tokenizer onto another.
     Stateless apart from its caches: tokenizers are registered by content, maps cached on disk.
+
+    Limits (aligner settings, env FEDMKT_ALIGNER_<NAME>; every refusal names its setting):
+    * messages: at most max_message_mb (default 128) MiB each way;
+    * calls: at most `workers` (24) at once, of them `max_streams` (16) streams; a call over
+    either is refused at once with RESOURCE_EXHAUSTED (retry later), it does not queue;
+    grpc.health.v1.Health/Check is never counted and has `health_workers` (2) threads of its
+    own, so user traffic cannot starve it;
+    * idle streams: a stream whose client sends nothing for stream_idle_timeout_s (300 s) while
+    the aligner waits for its next message is ended with DEADLINE_EXCEEDED;
+    * tokenizers: at most max_tokenizers (64) registered from uploaded files (builtins do not
+    count), then RESOURCE_EXHAUSTED; files: 64 MiB each, 96 MiB together;
+    * text: 200,000 characters; DTW: at most 4096 x 4096 = 16,777,216 cells counted in tokens
+    after tokenizing (source tokens x target tokens; also where OFFSETS falls back to DTW),
+    else INVALID_ARGUMENT: use OFFSETS for long texts;
+    * knowledge: top_k at most 1024; a sample at most 32,768 positions.
+    A message that does not parse as the request type is INVALID_ARGUMENT naming the type.
     """
 
     def __init__(self, channel):
@@ -74,10 +90,28 @@ class AlignerServiceServicer:
     """Token alignment between two tokenizers: MinED vocabulary maps, sequence alignment of two
     tokenizations of one text, and projection of top-k logits from one tokenizer onto another.
     Stateless apart from its caches: tokenizers are registered by content, maps cached on disk.
+
+    Limits (aligner settings, env FEDMKT_ALIGNER_<NAME>; every refusal names its setting):
+    * messages: at most max_message_mb (default 128) MiB each way;
+    * calls: at most `workers` (24) at once, of them `max_streams` (16) streams; a call over
+    either is refused at once with RESOURCE_EXHAUSTED (retry later), it does not queue;
+    grpc.health.v1.Health/Check is never counted and has `health_workers` (2) threads of its
+    own, so user traffic cannot starve it;
+    * idle streams: a stream whose client sends nothing for stream_idle_timeout_s (300 s) while
+    the aligner waits for its next message is ended with DEADLINE_EXCEEDED;
+    * tokenizers: at most max_tokenizers (64) registered from uploaded files (builtins do not
+    count), then RESOURCE_EXHAUSTED; files: 64 MiB each, 96 MiB together;
+    * text: 200,000 characters; DTW: at most 4096 x 4096 = 16,777,216 cells counted in tokens
+    after tokenizing (source tokens x target tokens; also where OFFSETS falls back to DTW),
+    else INVALID_ARGUMENT: use OFFSETS for long texts;
+    * knowledge: top_k at most 1024; a sample at most 32,768 positions.
+    A message that does not parse as the request type is INVALID_ARGUMENT naming the type.
     """
 
     def RegisterTokenizer(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Idempotent by content: the same files again return the same fingerprint and the first
+        label; the same files under another non-empty label are FAILED_PRECONDITION.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -110,6 +144,11 @@ class AlignerServiceServicer:
     def AlignKnowledge(self, request_iterator, context):
         """First message: config. Then knowledge in the source tokenization; each response carries
         the same samples projected onto the target tokenization, in order.
+        Stream rules: every chunk carries the first chunk's run id, round, source and top_k and the
+        config's source fingerprint (else FAILED_PRECONDITION); a sample id appears once per stream
+        (its parts in order, part 0 first); every later part repeats part 0's loss; a sample is
+        projected when its last part arrives. Logits must fit the output logit_dtype (float16:
+        |x| <= 65504) or the stream is refused (INVALID_ARGUMENT), never answered with inf.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -160,6 +199,22 @@ class AlignerService:
     """Token alignment between two tokenizers: MinED vocabulary maps, sequence alignment of two
     tokenizations of one text, and projection of top-k logits from one tokenizer onto another.
     Stateless apart from its caches: tokenizers are registered by content, maps cached on disk.
+
+    Limits (aligner settings, env FEDMKT_ALIGNER_<NAME>; every refusal names its setting):
+    * messages: at most max_message_mb (default 128) MiB each way;
+    * calls: at most `workers` (24) at once, of them `max_streams` (16) streams; a call over
+    either is refused at once with RESOURCE_EXHAUSTED (retry later), it does not queue;
+    grpc.health.v1.Health/Check is never counted and has `health_workers` (2) threads of its
+    own, so user traffic cannot starve it;
+    * idle streams: a stream whose client sends nothing for stream_idle_timeout_s (300 s) while
+    the aligner waits for its next message is ended with DEADLINE_EXCEEDED;
+    * tokenizers: at most max_tokenizers (64) registered from uploaded files (builtins do not
+    count), then RESOURCE_EXHAUSTED; files: 64 MiB each, 96 MiB together;
+    * text: 200,000 characters; DTW: at most 4096 x 4096 = 16,777,216 cells counted in tokens
+    after tokenizing (source tokens x target tokens; also where OFFSETS falls back to DTW),
+    else INVALID_ARGUMENT: use OFFSETS for long texts;
+    * knowledge: top_k at most 1024; a sample at most 32,768 positions.
+    A message that does not parse as the request type is INVALID_ARGUMENT naming the type.
     """
 
     @staticmethod
