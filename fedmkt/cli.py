@@ -80,9 +80,10 @@ def run(
     typer.echo(f"report: {embedded.run_dir / 'report.md'}")
     if summary["state"] != "succeeded":
         _fail(f"run {summary['run_id']} {summary['state']}: {summary['error']}")
-    if summary["baseline_state"] not in (None, "succeeded"):
-        _fail(f"baseline run {summary['baseline_run_id']} {summary['baseline_state']}: "
-              f"{summary['baseline_error']} (the report lacks the baseline numbers)")
+    for kind in ("baseline", "ablation", "fedavg"):
+        if summary.get(f"{kind}_state") not in (None, "succeeded"):
+            _fail(f"{kind} run {summary[f'{kind}_run_id']} {summary[f'{kind}_state']}: "
+                  f"{summary[f'{kind}_error']} (the report lacks the {kind} numbers)")
 
 
 @app.command("experiment")
