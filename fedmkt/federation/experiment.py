@@ -34,9 +34,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fedmkt.config import FederationConfig, FederationConfigError, parse_federation_config
-from fedmkt.data.outcomes import SampleOutcomes, paired_columns
-from fedmkt.federation.stats import paired_bootstrap
-from fedmkt.federation.verdicts import BOOTSTRAP_SEED, RESAMPLES
+from fedmkt.data.outcomes import SampleOutcomes
+from fedmkt.federation.verdicts import compare, emphasised
 
 _NAME = r"^[a-z0-9][a-z0-9-]{0,40}$"
 
@@ -141,19 +140,27 @@ def pooled_difference(summaries: Sequence[dict[str, Any]], participant: str, arm
                       metric: str) -> dict[str, Any]:
     """FedMKT minus ``arm`` for ``participant`` over every run's samples together (each sample
     paired with itself in its own run): the paired bootstrap and its verdict."""
-    mine, other = [], []
+    pooled: dict[str, list[SampleOutcomes]] = {"fedmkt": [], arm: []}
     for summary in summaries:
-        a = arm_outcomes(summary, participant, "fedmkt")
-        b = arm_outcomes(summary, participant, arm)
-        if a is None or b is None:
-            return {"verdict": None, "reason": f"no per-sample {arm} results in "
-                                               f"{summary.get('run_id')}"}
-        x, y = paired_columns(a, b, metric)
-        mine.extend(x.tolist())
-        other.extend(y.tolist())
-    diff = paired_bootstrap(mine, other, resamples=RESAMPLES, seed=BOOTSTRAP_SEED)
-    return {"verdict": diff.verdict, "mean": diff.mean, "low": diff.low, "high": diff.high,
-            "n": diff.n, "mine": sum(mine) / len(mine), "other": sum(other) / len(other)}
+        for which in pooled:
+            outcomes = arm_outcomes(summary, participant, which)
+            if outcomes is None:
+                return {"verdict": None, "reason": f"no per-sample {which} results in "
+                                                   f"{summary.get('run_id')}"}
+            pooled[which].append(_prefixed(outcomes, str(summary.get("run_id"))))
+    return compare(_joined(pooled["fedmkt"]), _joined(pooled[arm]), metric)
+
+
+def _prefixed(outcomes: SampleOutcomes, run_id: str) -> SampleOutcomes:
+    """The same outcomes with sample ids ``<run>/<id>``: samples of different runs stay apart."""
+    return SampleOutcomes(tuple(f"{run_id}/{i}" for i in outcomes.sample_ids), outcomes.values)
+
+
+def _joined(parts: Sequence[SampleOutcomes]) -> SampleOutcomes:
+    """One set of outcomes from several (their metrics in common)."""
+    metrics = set.intersection(*(set(p.values) for p in parts))
+    return SampleOutcomes(tuple(i for p in parts for i in p.sample_ids),
+                          {m: tuple(v for p in parts for v in p.values[m]) for m in metrics})
 
 
 # --------------------------------------------------------------------------- the document
@@ -166,10 +173,8 @@ def _fmt(value: float | None) -> str:
 def _interval(result: dict[str, Any]) -> str:
     if result.get("verdict") is None:
         return f"no verdict ({result.get('reason', 'not compared')})"
-    word = result["verdict"]
-    word = word if word == "no measurable difference" else f"**{word}**"
     return (f"{result['mean']:+.3f} [{result['low']:+.3f}, {result['high']:+.3f}] "
-            f"(n = {result['n']}): {word}")
+            f"(n = {result['n']}): {emphasised(result['verdict'])}")
 
 
 def study_section(entries: Sequence[Entry], summaries: Sequence[dict[str, Any]]) -> list[str]:

@@ -25,7 +25,7 @@ from typing import Any
 from fedmkt.config import FederationConfig, Scenario
 from fedmkt.federation import events as ev
 from fedmkt.federation.events import Event
-from fedmkt.federation.verdicts import sample_outcomes, verdict_lines, verdicts
+from fedmkt.federation.verdicts import CLIENT_ARMS, sample_outcomes, verdict_lines, verdicts
 from fedmkt.federation.work_report import work_rows, work_section
 
 PRIMARY_METRICS = ("acc", "accuracy", "acc_norm", "rouge_l")
@@ -119,8 +119,7 @@ def _final(rounds: dict[int, dict[str, float]], metric: str, *, first: bool = Fa
 
 
 def comparison(config: FederationConfig, fedmkt: dict, baseline: dict, metric: str,
-               ablation: dict | None = None, fedavg: dict | None = None
-               ) -> list[dict[str, Any]]:
+               client_arms: dict[str, dict] | None = None) -> list[dict[str, Any]]:
     rows = []
     for spec in config.participants:
         untrained = spec.role == "server" and config.scenario == Scenario.LLM_TO_SLM
@@ -136,8 +135,8 @@ def comparison(config: FederationConfig, fedmkt: dict, baseline: dict, metric: s
                 else "standalone (private only)"),
             "baseline": None if base is None else base[1],
             # clients only: the LLM's ablation and FedAvg runs are its baseline (public CE)
-            "ablation": _client_final(spec, ablation, metric),
-            "fedavg": _client_final(spec, fedavg, metric),
+            **{arm: _client_final(spec, (client_arms or {}).get(arm), metric)
+               for arm, _ in CLIENT_ARMS},
             "fedmkt": None if fed is None else fed[1],
             "fedmkt_round": None if fed is None else fed[0],
         }
@@ -160,8 +159,9 @@ def summarize(config: FederationConfig, fedmkt: RunOutcome, baseline: RunOutcome
               fedavg: RunOutcome | None = None) -> dict[str, Any]:
     evals = evaluations(fedmkt.events)
     base_evals = evaluations(baseline.events) if baseline is not None else {}
-    ablation_evals = evaluations(ablation.events) if ablation is not None else {}
-    fedavg_evals = evaluations(fedavg.events) if fedavg is not None else {}
+    extra = {"ablation": ablation, "fedavg": fedavg}  # the runs of CLIENT_ARMS
+    ran = {arm: run for arm, run in extra.items() if run is not None}
+    extra_evals = {arm: evaluations(run.events) for arm, run in ran.items()}
     metric = primary_metric({**evals, **base_evals})
     rounds = round_timings(fedmkt.events)
     setup = [e.metrics for e in fedmkt.events if e.kind == ev.METRICS and e.step == "setup"]
@@ -173,14 +173,18 @@ def summarize(config: FederationConfig, fedmkt: RunOutcome, baseline: RunOutcome
     round_wall = sum(r.get("wall_seconds", 0.0) for r in trained)
     round_compute = sum(r.get("compute_seconds", 0.0) for r in trained)
     pipes = [s for s in steps if "aligned_share" in s]
-    rows = comparison(config, evals, base_evals, metric, ablation_evals, fedavg_evals)
+    rows = comparison(config, evals, base_evals, metric, extra_evals)
     per_sample = {"fedmkt": sample_outcomes(fedmkt.events),
                   "baseline": sample_outcomes(baseline.events) if baseline is not None else {},
-                  "ablation": sample_outcomes(ablation.events) if ablation is not None else {},
-                  "fedavg": sample_outcomes(fedavg.events) if fedavg is not None else {}}
+                  **{arm: sample_outcomes(run.events) if run is not None else {}
+                     for arm, run in extra.items()}}
     verdicts(rows, per_sample["fedmkt"], per_sample["baseline"], metric,
-             per_sample["ablation"] if ablation is not None else None,
-             per_sample["fedavg"] if fedavg is not None else None)
+             {arm: per_sample[arm] for arm in ran})
+    runs_of_arms: dict[str, Any] = {}
+    for arm, run in extra.items():
+        runs_of_arms.update({f"{arm}_run_id": run.run_id if run else None,
+                             f"{arm}_state": run.state if run else None,
+                             f"{arm}_error": run.error if run else None})
     return {
         "run_id": fedmkt.run_id,
         "name": config.name,
@@ -192,19 +196,13 @@ def summarize(config: FederationConfig, fedmkt: RunOutcome, baseline: RunOutcome
         "baseline_run_id": baseline.run_id if baseline else None,
         "baseline_state": baseline.state if baseline else None,
         "baseline_error": baseline.error if baseline else None,
-        "ablation_run_id": ablation.run_id if ablation else None,
-        "ablation_state": ablation.state if ablation else None,
-        "ablation_error": ablation.error if ablation else None,
-        "fedavg_run_id": fedavg.run_id if fedavg else None,
-        "fedavg_state": fedavg.state if fedavg else None,
-        "fedavg_error": fedavg.error if fedavg else None,
+        **runs_of_arms,
         "metric": metric,
         "participants": {p.name: {"role": p.role, "model": p.model}
                          for p in config.participants},
         "evaluation": _json_rounds(evals),
         "baseline_evaluation": _json_rounds(base_evals),
-        "ablation_evaluation": _json_rounds(ablation_evals),
-        "fedavg_evaluation": _json_rounds(fedavg_evals),
+        **{f"{arm}_evaluation": _json_rounds(extra_evals.get(arm, {})) for arm in extra},
         "comparison": rows,
         # per run and participant: the per-sample outcomes of every evaluation (pooled
         # comparisons across runs, e.g. the seeds of an experiment)
@@ -222,8 +220,8 @@ def summarize(config: FederationConfig, fedmkt: RunOutcome, baseline: RunOutcome
             "setup_seconds": sum(m.get("setup_seconds", 0.0) for m in setup),
             "fedmkt_wall_seconds": fedmkt.wall_seconds,
             "baseline_wall_seconds": baseline.wall_seconds if baseline else None,
-            "ablation_wall_seconds": ablation.wall_seconds if ablation else None,
-            "fedavg_wall_seconds": fedavg.wall_seconds if fedavg else None,
+            **{f"{arm}_wall_seconds": run.wall_seconds if run else None
+               for arm, run in extra.items()},
             "total_seconds": total_seconds,
         },
         "alignment": {
@@ -302,16 +300,17 @@ def render_markdown(summary: dict[str, Any], plot_file: str | None = None) -> st
     lines += ["Every number below was measured in this run (zero-shot: evaluation before round "
               "1; baselines: a separate run of the same federation with knowledge transfer "
               "switched off, on fresh participant processes).", ""]
-    with_fedavg = bool(summary.get("fedavg_run_id"))
-    lines += ["| participant | role | model | zero-shot | baseline | private + public CE, no KD "
-              + ("| FedAvg " if with_fedavg else "") + "| FedMKT | vs baseline | n |",
-              "|---|---|---|---|---|---|" + ("---|" if with_fedavg else "") + "---|---|---|"]
+    # the ablation's column always (empty without that run), FedAvg's where it ran
+    columns = [("ablation", "private + public CE, no KD")]
+    if summary.get("fedavg_run_id"):
+        columns.append(("fedavg", "FedAvg"))
+    lines += ["| participant | role | model | zero-shot | baseline | "
+              + "".join(f"{title} | " for _, title in columns) + "FedMKT | vs baseline | n |",
+              "|---|---|---|---|---|" + "---|" * len(columns) + "---|---|---|"]
     for row in summary["comparison"]:
         base = f"{_fmt(row['baseline'])} ({row['baseline_kind']})"
-        ablation = "= baseline" if row["role"] == "server" else _fmt(row.get("ablation"))
-        if with_fedavg:
-            ablation += " | " + ("= baseline" if row["role"] == "server"
-                                 else _fmt(row.get("fedavg")))
+        arms = " | ".join("= baseline" if row["role"] == "server" else _fmt(row.get(arm))
+                          for arm, _ in columns)
         result = row.get("vs_baseline") or {"verdict": None, "reason": "not compared"}
         if result["verdict"] is None:
             against, n = f"no verdict ({result['reason']})", "—"
@@ -320,7 +319,7 @@ def render_markdown(summary: dict[str, Any], plot_file: str | None = None) -> st
                        f"[{result['low']:+.3f}, {result['high']:+.3f}]")
             n = str(result["n"])
         lines.append(f"| {row['participant']} | {row['role']} | {row['model']} | "
-                     f"{_fmt(row['zero_shot'])} | {base} | {ablation} | {_fmt(row['fedmkt'])} | "
+                     f"{_fmt(row['zero_shot'])} | {base} | {arms} | {_fmt(row['fedmkt'])} | "
                      f"{against} | {n} |")
     if plot_file:
         lines += ["", f"![{metric} per round]({plot_file})"]

@@ -18,11 +18,14 @@ from typing import Any
 from fedmkt.data.outcomes import OutcomesError, SampleOutcomes, paired_columns
 from fedmkt.federation import events as ev
 from fedmkt.federation.events import Event
-from fedmkt.federation.stats import paired_bootstrap
+from fedmkt.federation.stats import NO_DIFFERENCE, paired_bootstrap
 
 # Seeds of the bootstrap: fixed, so the same run always gives the same intervals.
 BOOTSTRAP_SEED = 20240601
 RESAMPLES = 10_000
+# Runs beside the baseline that only clients are compared with (the LLM's part of each is its
+# baseline's public-only CE), with how the report names them.
+CLIENT_ARMS = (("ablation", "private + public CE without KD"), ("fedavg", "FedAvg"))
 
 
 def sample_outcomes(events: list[Event]) -> dict[str, dict[int, SampleOutcomes]]:
@@ -57,11 +60,10 @@ def _last(rounds: dict[int, SampleOutcomes]) -> SampleOutcomes | None:
 
 def verdicts(rows: list[dict[str, Any]], fedmkt: dict[str, dict[int, SampleOutcomes]],
              baseline: dict[str, dict[int, SampleOutcomes]], metric: str,
-             ablation: dict[str, dict[int, SampleOutcomes]] | None = None,
-             fedavg: dict[str, dict[int, SampleOutcomes]] | None = None) -> None:
-    """Add ``vs_baseline``, ``vs_zero_shot`` and, for clients of a run with an ablation or a
-    FedAvg run, ``vs_ablation`` (private + public CE without KD) and ``vs_fedavg`` to each
-    comparison row (in place)."""
+             client_arms: dict[str, dict[str, dict[int, SampleOutcomes]]] | None = None
+             ) -> None:
+    """Add ``vs_baseline``, ``vs_zero_shot`` and, for clients, ``vs_<arm>`` for each run of
+    ``client_arms`` (``CLIENT_ARMS``: the ablation, FedAvg) to each comparison row (in place)."""
     for row in rows:
         name = row["participant"]
         mine = fedmkt.get(name, {})
@@ -71,10 +73,14 @@ def verdicts(rows: list[dict[str, Any]], fedmkt: dict[str, dict[int, SampleOutco
             continue
         row["vs_baseline"] = compare(final, _last(baseline.get(name, {})), metric)
         row["vs_zero_shot"] = compare(final, mine.get(0), metric)
-        if ablation is not None and row["role"] == "client":
-            row["vs_ablation"] = compare(final, _last(ablation.get(name, {})), metric)
-        if fedavg is not None and row["role"] == "client":
-            row["vs_fedavg"] = compare(final, _last(fedavg.get(name, {})), metric)
+        if row["role"] == "client":
+            for arm, outcomes in (client_arms or {}).items():
+                row[f"vs_{arm}"] = compare(final, _last(outcomes.get(name, {})), metric)
+
+
+def emphasised(verdict: str) -> str:
+    """A verdict as the documents print it: "helped" / "hurt" in bold."""
+    return verdict if verdict == NO_DIFFERENCE else f"**{verdict}**"
 
 
 def _interval(result: dict[str, Any]) -> str:
@@ -94,19 +100,15 @@ def verdict_lines(summary: dict[str, Any]) -> list[str]:
             continue
         parts = []
         against = [("vs_baseline", row["baseline_kind"])]
-        if "vs_ablation" in row:
-            against.append(("vs_ablation", "private + public CE without KD"))
-        if "vs_fedavg" in row:
-            against.append(("vs_fedavg", "FedAvg"))
+        against += [(f"vs_{arm}", what) for arm, what in CLIENT_ARMS if f"vs_{arm}" in row]
         against.append(("vs_zero_shot", "zero-shot"))
         for key, what in against:
             result = row.get(key) or {"verdict": None, "reason": "not compared"}
             if result["verdict"] is None:
                 parts.append(f"vs {what}: no verdict ({result['reason']})")
                 continue
-            word = result["verdict"]
-            word = f"**{word}**" if word != "no measurable difference" else word
-            parts.append(f"vs {what} {result['other']:.3f}: {word}, {_interval(result)}")
+            parts.append(f"vs {what} {result['other']:.3f}: {emphasised(result['verdict'])}, "
+                         f"{_interval(result)}")
         fed = row.get("fedmkt")
         shown = "—" if fed is None else f"{fed:.3f}"
         lines.append(f"{head}: FedMKT {metric} {shown}; " + "; ".join(parts) + ".")

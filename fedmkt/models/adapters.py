@@ -307,6 +307,14 @@ def check_peft_config(text: str) -> dict[str, Any]:
     return config
 
 
+def check_base_model_name(name: str) -> str:
+    """A received base model name: at most 1024 printable characters (``InvalidArgument``)."""
+    if len(name) > MAX_BASE_MODEL_CHARS or not name.isprintable():
+        raise InvalidArgument(f"base model name must be at most {MAX_BASE_MODEL_CHARS} "
+                              "printable characters")
+    return name
+
+
 def write_peft_folder(folder: str | Path, data: bytes, peft_config: str,
                       base_model: str = "") -> Path:
     """Write a PEFT folder (``adapter_config.json``, ``adapter_model.safetensors`` and
@@ -315,9 +323,7 @@ def write_peft_folder(folder: str | Path, data: bytes, peft_config: str,
     import json
 
     check_peft_config(peft_config)
-    if len(base_model) > MAX_BASE_MODEL_CHARS or not base_model.isprintable():
-        raise InvalidArgument(f"base model name must be at most {MAX_BASE_MODEL_CHARS} "
-                              "printable characters")
+    check_base_model_name(base_model)
     state_dict_from_bytes(data)  # raises for anything that is not a safetensors file
     final = Path(folder)
     with atomic_folder(final, replace=True) as tmp:

@@ -31,7 +31,7 @@ from fedmkt.federation.interfaces import (
     ReceiveResult,
 )
 from fedmkt.federation.pipe import LOGIT_DTYPE
-from fedmkt.models.adapters import MAX_BASE_MODEL_CHARS, check_peft_config
+from fedmkt.models.adapters import check_base_model_name, check_peft_config
 from fedmkt.wire.errors import WireError
 from fedmkt.wire.outcomes import outcomes_from_pb
 from fedmkt.wire.v1 import (
@@ -280,9 +280,7 @@ class GrpcParticipant:
         try:
             if peft_config:
                 check_peft_config(peft_config)
-            if len(base_model) > MAX_BASE_MODEL_CHARS or not base_model.isprintable():
-                raise InvalidArgument("its base model name is not at most "
-                                      f"{MAX_BASE_MODEL_CHARS} printable characters")
+            check_base_model_name(base_model)
         except InvalidArgument as exc:
             raise CallFailed(self.name, "DATA_LOSS", f"adapter: {exc}") from exc
         return AdapterBlob(last.round, last.digest, data, peft_config, base_model)
